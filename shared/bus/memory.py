@@ -1,0 +1,122 @@
+"""The in-process bus of the embedded mode.
+
+It mirrors the broker's semantics rather than calling handlers directly: each subscription has
+its own queue bound by AMQP topic patterns and its own worker, so a slow or failing consumer never
+blocks a publisher or another consumer, and the order of events per queue is kept. Nothing
+survives a restart: in embedded mode that is the outbox's job (unpublished rows are published
+again at start-up) and the inbox's (duplicates are ignored).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from shared.bus.base import EventBus, Subscription
+from shared.events import Envelope, topic_matches
+from shared.observability import EVENTS_CONSUMED, EVENTS_DEAD_LETTERED
+
+log = logging.getLogger("sipas.bus.memory")
+
+
+class InMemoryBus(EventBus):
+    def __init__(self, *, max_attempts: int = 5, retry_base_seconds: float = 0.2) -> None:
+        self.max_attempts = max_attempts
+        self.retry_base_seconds = retry_base_seconds
+        self._subs: dict[str, Subscription] = {}
+        self._bindings: dict[str, list[str]] = {}
+        self._queues: dict[str, asyncio.Queue[Envelope | dict]] = {}
+        self._workers: dict[str, asyncio.Task] = {}
+        self.dead_letters: dict[str, list[dict]] = {}
+        self._started = False
+
+    async def start(self) -> None:
+        self._started = True
+
+    async def close(self) -> None:
+        await self.drain()
+        for task in self._workers.values():
+            task.cancel()
+        for task in self._workers.values():
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._workers.clear()
+        self._started = False
+
+    async def publish(self, event: Envelope) -> None:
+        if not self._started:
+            raise RuntimeError("bus is not started")
+        for name, patterns in self._bindings.items():
+            if any(topic_matches(p, event.type) for p in patterns):
+                # Each queue gets its own copy, as a broker would deliver it.
+                self._queues[name].put_nowait(event.model_copy(deep=True))
+
+    async def publish_raw(self, routing_key: str, body: bytes) -> None:
+        """Deliver bytes that may not be a valid envelope (for poison-message tests)."""
+        for name, patterns in self._bindings.items():
+            if any(topic_matches(p, routing_key) for p in patterns):
+                self._queues[name].put_nowait({"routing_key": routing_key, "body": body})
+
+    async def declare(self, queue: str, patterns: list[str]) -> None:
+        if queue not in self._bindings:
+            self._bindings[queue] = list(patterns)
+            self._queues[queue] = asyncio.Queue()
+            self.dead_letters.setdefault(queue, [])
+
+    async def subscribe(self, subscription: Subscription) -> None:
+        if subscription.queue in self._subs:
+            raise ValueError(f"queue {subscription.queue} already has a consumer")
+        await self.declare(subscription.queue, subscription.patterns)
+        self._bindings[subscription.queue] = list(subscription.patterns)
+        self._subs[subscription.queue] = subscription
+        self._workers[subscription.queue] = asyncio.create_task(
+            self._work(subscription), name=f"consumer:{subscription.queue}"
+        )
+
+    async def _work(self, sub: Subscription) -> None:
+        queue = self._queues[sub.queue]
+        while True:
+            item = await queue.get()
+            try:
+                if isinstance(item, dict):
+                    try:
+                        item = Envelope.model_validate_json(item["body"])
+                    except ValueError:
+                        self._dead_letter(sub, item, "not a valid event envelope")
+                        continue
+                ok = await self.handle_with_retries(sub, item)
+                if ok:
+                    EVENTS_CONSUMED.labels(sub.service, sub.queue, "ok").inc()
+                else:
+                    self._dead_letter(sub, item.model_dump(mode="json"), "handler failed after retries")
+            except Exception:  # never let one message kill the worker
+                log.exception("consumer %s crashed on a message", sub.queue)
+            finally:
+                queue.task_done()
+
+    def _dead_letter(self, sub: Subscription, item: dict, reason: str) -> None:
+        self.dead_letters[sub.queue].append({"reason": reason, "message": item})
+        EVENTS_CONSUMED.labels(sub.service, sub.queue, "dead_lettered").inc()
+        EVENTS_DEAD_LETTERED.labels(sub.service, sub.queue).inc()
+        log.error("dead-lettered a message on %s: %s", sub.queue, reason)
+
+    async def healthy(self) -> bool:
+        return self._started
+
+    async def queue_depth(self, queue: str) -> int:
+        q = self._queues.get(queue)
+        return q.qsize() if q else 0
+
+    async def dead_letter_count(self, queue: str) -> int:
+        return len(self.dead_letters.get(queue, []))
+
+    async def drain(self) -> None:
+        """Wait until every consumed queue is empty and handled, including events that handlers
+        published meanwhile (tests and the embedded shutdown)."""
+        while True:
+            busy = [q for name, q in self._queues.items() if name in self._subs and q._unfinished_tasks]
+            if not busy:
+                return
+            for q in busy:
+                await q.join()

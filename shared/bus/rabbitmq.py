@@ -1,0 +1,193 @@
+"""The RabbitMQ bus (aio-pika), for production.
+
+- One durable topic exchange; the routing key is the event type.
+- One durable queue per consumer, bound by topic patterns, with a dead-letter exchange and a
+  ``<queue>.dlq`` queue: a message rejected without requeue (poison, or out of retries) is parked
+  there for an operator, not lost and not retried forever.
+- Publisher confirms: ``publish`` returns only once the broker has the message, so the outbox
+  marks a row sent only when it really is.
+- Manual acks after the handler's transaction committed, with a prefetch limit.
+- ``connect_robust`` reconnects after a broker restart and re-declares the exchange, queues,
+  bindings and consumers; a publish during the outage raises and the outbox retries it later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import aio_pika
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+
+from shared.bus.base import EventBus, Subscription
+from shared.events import Envelope
+from shared.observability import EVENTS_CONSUMED, EVENTS_DEAD_LETTERED
+
+log = logging.getLogger("sipas.bus.rabbitmq")
+
+
+class RabbitMQBus(EventBus):
+    def __init__(
+        self,
+        url: str,
+        *,
+        exchange: str = "sipas.events",
+        prefetch: int = 32,
+        max_attempts: int = 5,
+        retry_base_seconds: float = 0.2,
+        connection_name: str = "sipas",
+    ) -> None:
+        self.url = url
+        self.exchange_name = exchange
+        self.prefetch = prefetch
+        self.max_attempts = max_attempts
+        self.retry_base_seconds = retry_base_seconds
+        self.connection_name = connection_name
+        self._connection: AbstractRobustConnection | None = None
+        self._publish_channel: aio_pika.abc.AbstractChannel | None = None
+        self._exchange: aio_pika.abc.AbstractExchange | None = None
+        self._consumers: list[tuple[aio_pika.abc.AbstractQueue, str]] = []
+        self._in_flight: set[asyncio.Task] = set()
+        self._publish_lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        self._connection = await aio_pika.connect_robust(
+            self.url, client_properties={"connection_name": self.connection_name}, reconnect_interval=1.0
+        )
+        self._publish_channel = await self._connection.channel(publisher_confirms=True)
+        self._exchange = await self._publish_channel.declare_exchange(
+            self.exchange_name, aio_pika.ExchangeType.TOPIC, durable=True
+        )
+
+    async def close(self) -> None:
+        for queue, tag in self._consumers:
+            try:
+                await queue.cancel(tag)
+            except Exception:  # the channel may already be gone
+                pass
+        if self._in_flight:
+            await asyncio.gather(*self._in_flight, return_exceptions=True)
+        self._consumers.clear()
+        if self._connection is not None:
+            await self._connection.close()
+            self._connection = None
+
+    async def publish(self, event: Envelope) -> None:
+        if self._exchange is None:
+            raise RuntimeError("bus is not started")
+        message = aio_pika.Message(
+            body=event.model_dump_json().encode(),
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=str(event.id),
+            type=event.type,
+            timestamp=event.time,
+            correlation_id=event.correlation_id,
+            app_id=event.source,
+        )
+        await self._exchange.publish(message, routing_key=event.type, timeout=10)
+
+    async def publish_raw(self, routing_key: str, body: bytes) -> None:
+        """Publish bytes that may not be a valid envelope (for poison-message tests)."""
+        assert self._exchange is not None
+        await self._exchange.publish(aio_pika.Message(body=body), routing_key=routing_key, timeout=10)
+
+    def _dlx_name(self) -> str:
+        return f"{self.exchange_name}.dlx"
+
+    async def _declare(self, channel: aio_pika.abc.AbstractChannel, name: str, patterns: list[str]):
+        exchange = await channel.declare_exchange(self.exchange_name, aio_pika.ExchangeType.TOPIC, durable=True)
+        dlx = await channel.declare_exchange(self._dlx_name(), aio_pika.ExchangeType.DIRECT, durable=True)
+        dlq = await channel.declare_queue(f"{name}.dlq", durable=True)
+        await dlq.bind(dlx, routing_key=name)
+        queue = await channel.declare_queue(
+            name,
+            durable=True,
+            arguments={"x-dead-letter-exchange": self._dlx_name(), "x-dead-letter-routing-key": name},
+        )
+        for pattern in patterns:
+            await queue.bind(exchange, routing_key=pattern)
+        return queue
+
+    async def declare(self, queue: str, patterns: list[str]) -> None:
+        assert self._connection is not None
+        channel = await self._connection.channel()
+        try:
+            await self._declare(channel, queue, patterns)
+        finally:
+            await channel.close()
+
+    async def subscribe(self, subscription: Subscription) -> None:
+        assert self._connection is not None
+        channel = await self._connection.channel()
+        await channel.set_qos(prefetch_count=self.prefetch)
+        queue = await self._declare(channel, subscription.queue, subscription.patterns)
+
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            task = asyncio.current_task()
+            if task is not None:
+                self._in_flight.add(task)
+            try:
+                await self._handle(subscription, message)
+            finally:
+                if task is not None:
+                    self._in_flight.discard(task)
+
+        tag = await queue.consume(on_message, no_ack=False)
+        self._consumers.append((queue, tag))
+
+    async def _handle(self, sub: Subscription, message: AbstractIncomingMessage) -> None:
+        try:
+            event = Envelope.model_validate_json(message.body)
+        except ValueError:
+            log.error("dead-lettering a message on %s: not a valid event envelope", sub.queue)
+            await message.reject(requeue=False)
+            EVENTS_DEAD_LETTERED.labels(sub.service, sub.queue).inc()
+            EVENTS_CONSUMED.labels(sub.service, sub.queue, "dead_lettered").inc()
+            return
+        if await self.handle_with_retries(sub, event):
+            await message.ack()
+            EVENTS_CONSUMED.labels(sub.service, sub.queue, "ok").inc()
+        else:
+            await message.reject(requeue=False)
+            EVENTS_DEAD_LETTERED.labels(sub.service, sub.queue).inc()
+            EVENTS_CONSUMED.labels(sub.service, sub.queue, "dead_lettered").inc()
+
+    async def healthy(self) -> bool:
+        return self._connection is not None and not self._connection.is_closed and self._exchange is not None
+
+    async def _message_count(self, queue: str) -> int:
+        assert self._connection is not None
+        # A passive declare of a missing queue closes the channel: use a throwaway one.
+        channel = await self._connection.channel()
+        try:
+            declared = await channel.declare_queue(queue, passive=True)
+            return int(declared.declaration_result.message_count or 0)
+        except aio_pika.exceptions.ChannelClosed:
+            return 0
+        finally:
+            if not channel.is_closed:
+                await channel.close()
+
+    async def queue_depth(self, queue: str) -> int:
+        return await self._message_count(queue)
+
+    async def dead_letter_count(self, queue: str) -> int:
+        return await self._message_count(f"{queue}.dlq")
+
+    async def delete_queues(self, queues: list[str]) -> None:
+        """Remove consumer queues and their dead-letter queues (test teardown)."""
+        assert self._connection is not None
+        channel = await self._connection.channel()
+        for name in queues:
+            for q in (name, f"{name}.dlq"):
+                try:
+                    await channel.queue_delete(q)
+                except Exception:
+                    channel = await self._connection.channel()
+        for ex in (self.exchange_name, self._dlx_name()):
+            try:
+                await channel.exchange_delete(ex)
+            except Exception:
+                channel = await self._connection.channel()
+        await channel.close()

@@ -1,0 +1,211 @@
+"""Transactional outbox and idempotent inbox.
+
+Publishing an event straight after a commit loses it if the process dies in between. Instead,
+``add_event`` writes the event as a row in the same transaction as the change it announces; the
+relay publishes rows in order and marks them sent only after the broker confirmed. A crash at any
+point leaves either no change and no event, or both (published on the next start, possibly twice).
+
+Consumers get at-least-once delivery, so ``idempotent_handler`` records each event id in the
+``inbox`` table in the same transaction as the handler's effect: a redelivered event finds its id
+and changes nothing. ``INSERT ... ON CONFLICT DO NOTHING`` (both SQLite and PostgreSQL) makes this
+safe even for two concurrent deliveries of one event: the second waits on the unique key, then
+sees the conflict.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from sqlalchemy import Table, func, select, update
+from sqlalchemy import event as sa_event
+from sqlalchemy.orm import Session
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from shared.bus import EventBus
+from shared.db import utcnow
+from shared.events import EventData, Envelope, make_event
+from shared.observability import EVENTS_PUBLISHED, OUTBOX_BACKLOG, reset_correlation_id, set_correlation_id
+
+log = logging.getLogger("sipas.outbox")
+
+
+def _insert(session: AsyncSession, table: Table):
+    dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+
+
+async def add_event(session: AsyncSession, outbox: Table, data: EventData) -> Envelope:
+    """Stage an event in the caller's transaction; it is published only if that commits."""
+    envelope = make_event(data)
+    await session.execute(
+        outbox.insert().values(
+            event_id=str(envelope.id),
+            type=envelope.type,
+            envelope=envelope.model_dump(mode="json"),
+            created_at=utcnow(),
+        )
+    )
+    notify = session.info.get("outbox_notify")
+    if notify is not None:
+        session.info.setdefault("after_commit", []).append(notify)
+    return envelope
+
+
+class OutboxRelay:
+    """Publishes outbox rows in order; one per service process.
+
+    It polls (``poll_seconds``) and is also woken right after a commit that staged events, so the
+    usual latency is a few milliseconds while a missed wake-up costs at most one poll interval.
+    On PostgreSQL, rows are claimed with ``FOR UPDATE SKIP LOCKED`` so several replicas of a
+    service can run relays without publishing a row twice in the normal case.
+    """
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        outbox: Table,
+        bus: EventBus,
+        *,
+        service: str,
+        poll_seconds: float = 0.5,
+        batch: int = 200,
+    ) -> None:
+        self.sessions = sessions
+        self.outbox = outbox
+        self.bus = bus
+        self.service = service
+        self.poll_seconds = poll_seconds
+        self.batch = batch
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    def notify(self) -> None:
+        self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"outbox-relay:{self.service}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        # Last attempt to flush what is committed (a clean shutdown leaves nothing behind).
+        with contextlib.suppress(Exception):
+            await self.publish_pending()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                while await self.publish_pending() >= self.batch:
+                    pass
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("outbox relay of %s failed; retrying", self.service)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self.poll_seconds)
+            self._wake.clear()
+
+    async def publish_pending(self) -> int:
+        """Publish up to ``batch`` rows; return how many were published."""
+        published = 0
+        async with self.sessions() as session, session.begin():
+            query = (
+                select(self.outbox.c.seq, self.outbox.c.envelope)
+                .where(self.outbox.c.published_at.is_(None))
+                .order_by(self.outbox.c.seq)
+                .limit(self.batch)
+            )
+            if session.bind.dialect.name == "postgresql":
+                query = query.with_for_update(skip_locked=True)
+            rows = (await session.execute(query)).all()
+            done: list[int] = []
+            for seq, body in rows:
+                envelope = Envelope.model_validate(body)
+                try:
+                    await self.bus.publish(envelope)
+                except Exception as exc:  # broker down: keep the row, try again later
+                    await session.execute(
+                        update(self.outbox)
+                        .where(self.outbox.c.seq == seq)
+                        .values(attempts=self.outbox.c.attempts + 1, last_error=str(exc)[:500])
+                    )
+                    log.warning("publishing %s failed: %s", envelope.type, exc)
+                    break
+                done.append(seq)
+                EVENTS_PUBLISHED.labels(self.service, envelope.type).inc()
+            if done:
+                await session.execute(
+                    update(self.outbox).where(self.outbox.c.seq.in_(done)).values(published_at=utcnow())
+                )
+                published = len(done)
+            backlog = await session.scalar(
+                select(func.count()).select_from(self.outbox).where(self.outbox.c.published_at.is_(None))
+            )
+        OUTBOX_BACKLOG.labels(self.service).set(max(0, (backlog or 0) - published))
+        return published
+
+    async def backlog(self) -> int:
+        async with self.sessions() as session:
+            return int(
+                await session.scalar(
+                    select(func.count()).select_from(self.outbox).where(self.outbox.c.published_at.is_(None))
+                )
+                or 0
+            )
+
+
+async def record_inbox(session: AsyncSession, inbox: Table, consumer: str, event: Envelope) -> bool:
+    """Record that ``consumer`` handled ``event``; False if it already had."""
+    stmt = (
+        _insert(session, inbox)
+        .values(consumer=consumer, event_id=str(event.id), type=event.type, received_at=utcnow())
+        .on_conflict_do_nothing(index_elements=["consumer", "event_id"])
+    )
+    result = await session.execute(stmt)
+    return result.rowcount == 1
+
+
+EffectFn = Callable[[AsyncSession, Any, Envelope], Awaitable[None]]
+
+
+def idempotent_handler(
+    sessions: async_sessionmaker[AsyncSession], inbox: Table, consumer: str, effect: EffectFn
+) -> Callable[[Envelope], Awaitable[None]]:
+    """Wrap ``effect(session, payload, envelope)`` so each event takes effect exactly once.
+
+    The inbox row and the effect share one transaction: if the effect fails, neither is kept and
+    the bus retries; if it succeeds, a redelivery is recognised and skipped.
+    """
+
+    async def handle(event: Envelope) -> None:
+        token = set_correlation_id(event.correlation_id)
+        try:
+            payload = event.payload()
+            async with sessions() as session, session.begin():
+                if not await record_inbox(session, inbox, consumer, event):
+                    log.info("skipping %s %s: already handled", event.type, event.id)
+                    return
+                await effect(session, payload, event)
+        finally:
+            reset_correlation_id(token)
+
+    return handle
+
+
+def install_commit_hooks(sessions: async_sessionmaker[AsyncSession], notify: Callable[[], None]) -> None:
+    """Make sessions from this factory wake the relay right after a commit that staged events."""
+    sessions.kw["info"] = {**sessions.kw.get("info", {}), "outbox_notify": notify}
+
+
+@sa_event.listens_for(Session, "after_commit")
+def _run_after_commit(session: Session) -> None:
+    for fn in session.info.pop("after_commit", []):
+        fn()

@@ -1,0 +1,244 @@
+"""The common anatomy of a SIPAS service.
+
+Every service declares a ``ServiceSpec`` (its tables, routers, consumers, migrations) and builds
+its app with ``build_app(spec, settings, bus=...)``. Everything that is the same in five services
+lives here once: the lifespan (engine, migrations, outbox relay, consumers), problem+json errors,
+correlation ids, metrics, ``/healthz``, ``/readyz`` and ``/metrics``.
+
+No module globals hold state: the engine, session factory, bus and relay live on ``app.state``,
+so five apps share one process (embedded mode) and tests build as many apps as they like.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import MetaData, Table, text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shared import migrate
+from shared.bus import EventBus, Subscription, create_bus
+from shared.db import create_engine, session_factory
+from shared.errors import PROBLEM_MEDIA_TYPE, Unavailable, install_error_handlers, problem_response, problem_responses
+from shared.events import Envelope
+from shared.observability import (
+    CONSUMER_LAG,
+    CORRELATION_HEADER,
+    HTTP_LATENCY,
+    HTTP_REQUESTS,
+    new_correlation_id,
+    reset_correlation_id,
+    reset_service,
+    set_correlation_id,
+    set_service,
+)
+from shared.outbox import OutboxRelay, idempotent_handler, install_commit_hooks
+from shared.settings import ServiceSettings
+from shared.tables import add_platform_tables
+
+log = logging.getLogger("sipas.service")
+
+Effect = Callable[[AsyncSession, Any, Envelope], Awaitable[None]]
+
+
+@dataclass
+class Consumer:
+    """A durable subscription: ``name`` makes the queue ``<prefix>.<service>.<name>``."""
+
+    name: str
+    patterns: list[str]
+    effect: Effect
+
+
+@dataclass
+class ServiceSpec:
+    name: str
+    title: str
+    description: str
+    metadata: MetaData
+    migrations: Path
+    routers: list[APIRouter] = field(default_factory=list)
+    consumers: list[Consumer] = field(default_factory=list)
+    version: str = "0.1.0"
+    # Extra start/stop work of a service (e.g. seeding reference data), run after migrations.
+    on_startup: list[Callable[[FastAPI], Awaitable[None]]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        add_platform_tables(self.metadata)
+        self.tables: dict[str, Table] = dict(self.metadata.tables)
+
+
+def queue_name(settings: ServiceSettings, consumer: str) -> str:
+    return f"{settings.platform.queue_prefix}.{settings.service}.{consumer}"
+
+
+def build_app(spec: ServiceSpec, settings: ServiceSettings, *, bus: EventBus | None = None) -> FastAPI:
+    """Build the FastAPI app of one service.
+
+    ``bus``: pass the shared in-process bus in embedded mode (the caller starts and closes it);
+    leave it out and the app creates, starts and closes its own from ``settings``.
+    """
+    owns_bus = bus is None
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        set_service(spec.name)
+        engine = create_engine(settings.effective_database_url, schema=settings.db_schema)
+        if settings.migrate_on_start:
+            await migrate.upgrade(engine, spec.name, spec.migrations, settings.db_schema)
+        sessions = session_factory(engine)
+        the_bus = bus or create_bus(
+            settings.platform.bus_url,
+            exchange=settings.platform.exchange,
+            prefetch=settings.platform.consumer_prefetch,
+            max_attempts=settings.platform.consumer_max_attempts,
+            retry_base_seconds=settings.platform.consumer_retry_base_seconds,
+            service=spec.name,
+        )
+        if owns_bus:
+            await the_bus.start()
+        relay = OutboxRelay(
+            sessions, spec.tables["outbox"], the_bus, service=spec.name, poll_seconds=settings.platform.outbox_poll_seconds
+        )
+        install_commit_hooks(sessions, relay.notify)
+        app.state.settings = settings
+        app.state.engine = engine
+        app.state.sessions = sessions
+        app.state.tables = spec.tables
+        app.state.bus = the_bus
+        app.state.relay = relay
+        app.state.queues = [queue_name(settings, c.name) for c in spec.consumers]
+        for hook in spec.on_startup:
+            await hook(app)
+        for consumer in spec.consumers:
+            handler = idempotent_handler(sessions, spec.tables["inbox"], consumer.name, consumer.effect)
+            await the_bus.subscribe(
+                Subscription(queue_name(settings, consumer.name), consumer.patterns, handler, service=spec.name)
+            )
+        relay.start()
+        log.info("%s service started on %s", spec.name, engine.dialect.name)
+        try:
+            yield
+        finally:
+            await relay.stop()
+            if owns_bus:
+                await the_bus.close()
+            await engine.dispose()
+
+    app = FastAPI(
+        title=spec.title,
+        description=spec.description,
+        version=spec.version,
+        lifespan=lifespan,
+        responses=problem_responses(400, 401, 403, 404, 409, 422, 429),
+    )
+    install_error_handlers(app)
+    app.add_middleware(_RequestContextMiddleware, service=spec.name)
+    app.include_router(_ops_router(spec))
+    for router in spec.routers:
+        app.include_router(router)
+    return app
+
+
+class _RequestContextMiddleware:
+    """Correlation id in and out, per-route request metrics (pure ASGI, no body buffering)."""
+
+    def __init__(self, app: Any, service: str) -> None:
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        incoming = headers.get(CORRELATION_HEADER.lower().encode())
+        cid = incoming.decode("latin-1")[:64] if incoming else new_correlation_id()
+        token = set_correlation_id(cid)
+        svc_token = set_service(self.service)
+        status = {"code": 500}
+        started = time.perf_counter()
+
+        async def send_wrapper(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = list(message["headers"]) + [(CORRELATION_HEADER.encode(), cid.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", None) or "unmatched"
+            method = scope.get("method", "GET")
+            HTTP_REQUESTS.labels(self.service, method, path, str(status["code"])).inc()
+            HTTP_LATENCY.labels(self.service, method, path).observe(time.perf_counter() - started)
+            reset_correlation_id(token)
+            reset_service(svc_token)
+
+
+def _ops_router(spec: ServiceSpec) -> APIRouter:
+    router = APIRouter(tags=["operations"])
+
+    @router.get("/healthz", summary="Liveness: the process answers")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok", "service": spec.name}
+
+    @router.get(
+        "/readyz",
+        summary="Readiness: the database and the event bus are reachable",
+        responses=problem_responses(503),
+    )
+    async def readyz(request: Request) -> JSONResponse:
+        checks: dict[str, str] = {}
+        try:
+            async with request.app.state.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+            checks["database"] = "ok"
+        except Exception as exc:  # report, don't crash
+            checks["database"] = f"error: {type(exc).__name__}"
+        checks["bus"] = "ok" if await request.app.state.bus.healthy() else "error: not connected"
+        if all(v == "ok" for v in checks.values()):
+            return JSONResponse({"status": "ok", "service": spec.name, "checks": checks})
+        return problem_response(Unavailable("Not ready.", checks=checks), request)
+
+    @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    async def metrics(request: Request) -> Response:
+        bus: EventBus = request.app.state.bus
+        for queue in request.app.state.queues:
+            with contextlib.suppress(Exception):
+                CONSUMER_LAG.labels(spec.name, queue).set(await bus.queue_depth(queue))
+        with contextlib.suppress(Exception):
+            from shared.observability import OUTBOX_BACKLOG
+
+            OUTBOX_BACKLOG.labels(spec.name).set(await request.app.state.relay.backlog())
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return router
+
+
+__all__ = ["Consumer", "ServiceSpec", "build_app", "PROBLEM_MEDIA_TYPE"]
+
+
+def unit_of_work(request: Request):
+    """``async with unit_of_work(request) as session``: one transaction for one request's change,
+    committed before the response is built (so a commit failure becomes an error response, never
+    a success the database did not keep)."""
+    from shared.db import transaction
+
+    return transaction(request.app.state.sessions)
+
+
+def read_session(request: Request) -> AsyncSession:
+    """A session for reads (no transaction block needed)."""
+    return request.app.state.sessions()
