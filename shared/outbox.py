@@ -194,6 +194,7 @@ def idempotent_handler(
                     log.info("skipping %s %s: already handled", event.type, event.id)
                     return
                 await effect(session, payload, event)
+            log.info("handled %s", event.type, extra={"event_id": str(event.id), "consumer": consumer})
         finally:
             reset_correlation_id(token)
 

@@ -84,10 +84,12 @@ class StackProcess:
                 raise RuntimeError(f"not ready in {timeout}s: {sorted(pending)}\n{self.logs()}")
             time.sleep(0.2)
 
-    def logs(self) -> str:
+    def logs(self, tail: int | None = 4000) -> str:
         if self.log_dir is None:
             return ""
-        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-4000:]}" for p in sorted(self.log_dir.glob("*.log")))
+        return "\n".join(
+            f"--- {p.name}\n{p.read_text(errors='replace')[-tail if tail else 0:]}" for p in sorted(self.log_dir.glob("*.log"))
+        )
 
     def stop(self, timeout: float = 30) -> list[int]:
         for p in self.procs:
