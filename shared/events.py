@@ -33,6 +33,12 @@ class EventData(BaseModel):
         return None
 
 
+class EventPart(BaseModel):
+    """A structured value inside a payload (same rules: no undeclared fields)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
 class Envelope(BaseModel):
     """CloudEvents 1.0 attributes we use, plus ``correlation_id`` to follow one request across
     services. ``data`` stays a plain dict on the wire; ``payload()`` gives back the typed model."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from shared.contracts import sampling  # noqa: F401  (registers contracts)
+from shared.contracts import indexing, publication, sampling, survey, verification  # noqa: F401  (registers)
 from shared.events import CONTRACTS, Envelope
 
 

@@ -64,3 +64,30 @@ def test_contracts_refuse_fields_they_do_not_declare():
 )
 def test_topic_matching_follows_amqp(pattern, key, expected):
     assert topic_matches(pattern, key) is expected
+
+
+PERSONAL = {"name", "full_name", "phone", "email", "address", "ethnicity", "household", "person", "contact",
+            "birth", "id_number", "cccd"}
+
+
+def _field_names(model, seen=None):
+    seen = seen or set()
+    if model in seen:
+        return set()
+    seen.add(model)
+    names = set()
+    for fname, field in model.model_fields.items():
+        names.add(fname)
+        for arg in getattr(field.annotation, "__args__", ()) + (field.annotation,):
+            if isinstance(arg, type) and hasattr(arg, "model_fields"):
+                names |= _field_names(arg, seen)
+    return names
+
+
+def test_no_contract_has_a_personal_data_field():
+    for event_type, model in CONTRACTS.items():
+        names = _field_names(model)
+        if ".wave." in event_type:
+            names.discard("name")  # a wave's own name ("SIPAS 2026") is not personal data
+        leaks = {n for n in names if any(p in n for p in PERSONAL)}
+        assert not leaks, f"{event_type} has personal-data-like fields {leaks}"
