@@ -18,6 +18,7 @@ from services import app_module, settings_for
 from shared import migrate
 from shared.bus import EventBus, create_bus
 from shared.db import create_engine
+from shared.peers import connect_in_process
 from shared.service import queue_name
 from shared.settings import SERVICES, PlatformSettings
 
@@ -71,6 +72,7 @@ async def embedded_stack(platform: PlatformSettings | None = None, services=SERV
         async with contextlib.AsyncExitStack() as stack:
             for app in apps.values():
                 await stack.enter_async_context(app.router.lifespan_context(app))
+            connect_in_process(apps, platform)
             try:
                 yield Stack(apps, bus, settings)
             finally:

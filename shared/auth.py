@@ -39,10 +39,13 @@ class Role(StrEnum):
     observer = "observer"
     vnpost = "vnpost"
     portal = "portal"
+    # Another SIPAS service calling on its own behalf (X-Internal-Token); never issued as a key.
+    service = "service"
 
 
 SCOPED_ROLES = {Role.province, Role.portal}
 KEY_HEADER = "X-API-Key"
+INTERNAL_HEADER = "X-Internal-Token"
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,8 @@ class IssuedKey:
 
 
 def new_key(role: Role, label: str, province_code: str | None = None) -> IssuedKey:
+    if role == Role.service:
+        raise ValueError("service principals use the internal token, not issued keys")
     if role in SCOPED_ROLES and not province_code:
         raise ValueError(f"a {role.value} key needs a province code")
     if role not in SCOPED_ROLES and province_code:
@@ -127,6 +132,12 @@ _key_header = APIKeyHeader(name=KEY_HEADER, auto_error=False, description="API k
 
 
 async def optional_principal(request: Request, key: Annotated[str | None, Depends(_key_header)]) -> Principal | None:
+    internal = request.headers.get(INTERNAL_HEADER)
+    if internal is not None:
+        expected = request.app.state.settings.platform.internal_token
+        if hmac.compare_digest(internal.encode(), expected.encode()):
+            return Principal("internal", Role.service, "sipas-internal")
+        raise Unauthorized("The internal token is wrong.", headers={"WWW-Authenticate": "ApiKey"})
     if not key:
         return None
     sessions = request.app.state.sessions
@@ -147,7 +158,8 @@ def require_roles(*roles: Role):
     """Dependency: the caller must hold one of ``roles``."""
 
     async def check(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
-        if principal.role not in roles:
+        # Services calling each other are trusted with every read and write they make.
+        if principal.role not in roles and principal.role != Role.service:
             allowed = ", ".join(r.value for r in roles)
             raise Forbidden(f"This operation needs one of the roles: {allowed}.")
         return principal

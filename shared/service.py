@@ -41,6 +41,7 @@ from shared.observability import (
     set_correlation_id,
     set_service,
 )
+from shared.peers import build_peers
 from shared.outbox import OutboxRelay, idempotent_handler, install_commit_hooks
 from shared.settings import ServiceSettings
 from shared.tables import add_platform_tables
@@ -117,6 +118,7 @@ def build_app(spec: ServiceSpec, settings: ServiceSettings, *, bus: EventBus | N
         app.state.bus = the_bus
         app.state.relay = relay
         app.state.queues = [queue_name(settings, c.name) for c in spec.consumers]
+        app.state.peers = build_peers(settings.platform)
         for hook in spec.on_startup:
             await hook(app)
         for consumer in spec.consumers:
@@ -130,6 +132,8 @@ def build_app(spec: ServiceSpec, settings: ServiceSettings, *, bus: EventBus | N
             yield
         finally:
             await relay.stop()
+            for client in app.state.peers.values():
+                await client.aclose()
             if owns_bus:
                 await the_bus.close()
             await engine.dispose()

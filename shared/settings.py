@@ -8,6 +8,7 @@ either with its own prefix (``SIPAS_SAMPLING_DATABASE_URL``) when it lives on an
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 from typing import ClassVar, Literal
 
@@ -48,6 +49,13 @@ class PlatformSettings(BaseSettings):
     verification_url: str = f"http://127.0.0.1:{DEFAULT_PORTS['verification']}"
     indexing_url: str = f"http://127.0.0.1:{DEFAULT_PORTS['indexing']}"
     publication_url: str = f"http://127.0.0.1:{DEFAULT_PORTS['publication']}"
+    # Shared secret the services send each other (X-Internal-Token) for calls made on their own
+    # behalf (e.g. publication fetching a run's results). Unset: a random one per process, which
+    # is right for the embedded mode (all five share the process); production must set it.
+    internal_token: str = Field(default_factory=lambda: secrets.token_urlsafe(32), repr=False)
+
+    def url_of(self, service: str) -> str:
+        return getattr(self, f"{service}_url")
 
     @property
     def embedded(self) -> bool:
