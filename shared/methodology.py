@@ -1,7 +1,7 @@
 """Methodology versions (phương pháp đo lường) as data.
 
-A methodology version is a JSON document (``methodologies/<id>.json``, described by
-``methodologies/schema.json``) that defines the questionnaire -- parts, elements, items, the
+A methodology version is a JSON document (the survey service ships and serves them:
+``services/survey/methodologies/<id>.json``, described by ``schema.json`` there) that defines the questionnaire -- parts, elements, items, the
 expectation and profile questions -- and the aggregation and validity rules. The survey service
 stores it; every other service reads it by id. The models here mirror the document
 (``extra="forbid"``: a field that is not in the schema is an error) and add the checks a JSON
@@ -26,8 +26,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-METHODOLOGY_DIR = Path(__file__).with_name("methodologies")
-SCHEMA_PATH = METHODOLOGY_DIR / "schema.json"
 
 NA = "na"
 """Answer code for an item that did not apply (distinct from a blank, ``None``)."""
@@ -413,25 +411,7 @@ class Methodology(_Model):
         return len(set(scored)) == 1
 
 
-# ---------------------------------------------------------------------- loading
-
-
-def builtin_ids() -> list[str]:
-    """Ids of the methodology versions shipped with the service."""
-    return sorted(p.stem for p in METHODOLOGY_DIR.glob("*.json") if p.name != SCHEMA_PATH.name)
-
-
-@functools.cache
-def load_builtin(methodology_id: str) -> Methodology:
-    """Load a shipped methodology version by id (KeyError if there is none)."""
-    if methodology_id not in builtin_ids():
-        raise KeyError(f"no built-in methodology {methodology_id!r}; have {builtin_ids()}")
-    return load_file(METHODOLOGY_DIR / f"{methodology_id}.json")
-
-
-def load_file(path: str | Path) -> Methodology:
-    """Load a methodology document from a JSON file (pydantic ValidationError if invalid)."""
-    return parse_methodology(json.loads(Path(path).read_text(encoding="utf-8")))
+# ---------------------------------------------------------------------- reading
 
 
 def parse_methodology(document: Mapping[str, Any]) -> Methodology:
@@ -439,6 +419,21 @@ def parse_methodology(document: Mapping[str, Any]) -> Methodology:
     return Methodology.model_validate(document)
 
 
-def load_schema() -> dict[str, Any]:
-    """The JSON Schema (draft 2020-12) of a methodology document."""
-    return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+async def fetch_methodology(app: Any, methodology_id: str) -> Methodology:
+    """The methodology version ``methodology_id``, read from the survey service over HTTP and
+    cached for the life of the app (a published version never changes, so the cache never goes
+    stale). A version the survey service does not know is a 404 problem here too."""
+    from shared.errors import NotFound
+    from shared.peers import call
+
+    cache: dict[str, Methodology] = getattr(app.state, "methodologies", None) or {}
+    if methodology_id in cache:
+        return cache[methodology_id]
+    response = await call(app, "survey", "GET", f"/v1/methodologies/{methodology_id}")
+    if response.status_code == 404:
+        raise NotFound(f"No methodology version {methodology_id}.")
+    response.raise_for_status()
+    methodology = parse_methodology(response.json())
+    cache[methodology_id] = methodology
+    app.state.methodologies = cache
+    return methodology

@@ -13,14 +13,8 @@ import jsonschema
 import pytest
 from pydantic import ValidationError
 
-from services.survey.methodology import (
-    METHODOLOGY_DIR,
-    Methodology,
-    builtin_ids,
-    load_builtin,
-    load_schema,
-    parse_methodology,
-)
+from services.survey.documents import METHODOLOGY_DIR, builtin_ids, load_builtin, load_schema
+from shared.methodology import Methodology, parse_methodology
 
 REPO = Path(__file__).resolve().parents[2]
 IDS = ["sipas-2017", "sipas-2023"]
