@@ -37,6 +37,10 @@ stack: install
 migrate: install
 	$(PY) -m services migrate
 
+## Every benchmark beside its baseline; writes docs/benchmarks.md (QUICK=1 for a smoke run).
+bench: install
+	$(PY) -m bench.run $(if $(QUICK),--quick,)
+
 ## Regenerate the AsyncAPI document of all events.
 asyncapi: install
 	$(PY) -m shared.contracts docs/events/asyncapi.json

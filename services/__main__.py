@@ -104,7 +104,10 @@ def _serve(name: str) -> None:
 def _stack(platform: PlatformSettings) -> int:
     """Five processes, as production runs them; Ctrl-C stops all."""
     asyncio.run(_migrate(platform, list(SERVICES)))
-    procs = [subprocess.Popen([sys.executable, "-m", "services", "serve", name], env=os.environ.copy()) for name in SERVICES]
+    env = os.environ.copy()
+    # The five processes must share one internal token (see PlatformSettings.internal_token).
+    env.setdefault("SIPAS_INTERNAL_TOKEN", platform.internal_token)
+    procs = [subprocess.Popen([sys.executable, "-m", "services", "serve", name], env=env) for name in SERVICES]
     try:
         for name in SERVICES:
             cfg = settings_for(name, platform=platform)

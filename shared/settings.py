@@ -57,6 +57,14 @@ class PlatformSettings(BaseSettings):
     def url_of(self, service: str) -> str:
         return getattr(self, f"{service}_url")
 
+    @model_validator(mode="after")
+    def _production_needs_a_token(self) -> "PlatformSettings":
+        # Separate processes must share one token; a random one per process would make every
+        # internal call fail with 401, so production refuses to start without it.
+        if self.environment == "production" and "internal_token" not in self.model_fields_set:
+            raise ValueError("SIPAS_INTERNAL_TOKEN must be set in production")
+        return self
+
     @property
     def embedded(self) -> bool:
         return self.database_url is None and self.bus_url.startswith("memory")

@@ -1,10 +1,15 @@
 """The in-process bus of the embedded mode.
 
 It mirrors the broker's semantics rather than calling handlers directly: each subscription has
-its own queue bound by AMQP topic patterns and its own worker, so a slow or failing consumer never
-blocks a publisher or another consumer, and the order of events per queue is kept. Nothing
-survives a restart: in embedded mode that is the outbox's job (unpublished rows are published
-again at start-up) and the inbox's (duplicates are ignored).
+its own queue bound by AMQP topic patterns and its own worker, so a failing consumer never
+blocks another consumer, and the order of events per queue is kept.
+
+Memory does not survive a crash, so "the bus has the event" must mean more than "it is in a
+list": ``publish`` returns only once every bound queue's consumer has handled the event (or
+dead-lettered it). The outbox marks a row sent only then, so a process killed with events in
+flight still has them as unsent outbox rows and publishes them again at start-up; the
+consumers' inboxes make the second delivery a no-op. RabbitMQ gives the same guarantee with
+durable queues and publisher confirms.
 """
 
 from __future__ import annotations
@@ -47,16 +52,22 @@ class InMemoryBus(EventBus):
     async def publish(self, event: Envelope) -> None:
         if not self._started:
             raise RuntimeError("bus is not started")
+        loop = asyncio.get_running_loop()
+        handled: list[asyncio.Future] = []
         for name, patterns in self._bindings.items():
             if any(topic_matches(p, event.type) for p in patterns):
                 # Each queue gets its own copy, as a broker would deliver it.
-                self._queues[name].put_nowait(event.model_copy(deep=True))
+                done = loop.create_future()
+                handled.append(done)
+                self._queues[name].put_nowait((event.model_copy(deep=True), done))
+        if handled:
+            await asyncio.gather(*handled)
 
     async def publish_raw(self, routing_key: str, body: bytes) -> None:
         """Deliver bytes that may not be a valid envelope (for poison-message tests)."""
         for name, patterns in self._bindings.items():
             if any(topic_matches(p, routing_key) for p in patterns):
-                self._queues[name].put_nowait({"routing_key": routing_key, "body": body})
+                self._queues[name].put_nowait(({"routing_key": routing_key, "body": body}, None))
 
     async def declare(self, queue: str, patterns: list[str]) -> None:
         if queue not in self._bindings:
@@ -77,7 +88,7 @@ class InMemoryBus(EventBus):
     async def _work(self, sub: Subscription) -> None:
         queue = self._queues[sub.queue]
         while True:
-            item = await queue.get()
+            item, done = await queue.get()
             try:
                 if isinstance(item, dict):
                     try:
@@ -94,6 +105,8 @@ class InMemoryBus(EventBus):
                 log.exception("consumer %s crashed on a message", sub.queue)
             finally:
                 queue.task_done()
+                if done is not None and not done.done():
+                    done.set_result(None)
 
     def _dead_letter(self, sub: Subscription, item: dict, reason: str) -> None:
         self.dead_letters[sub.queue].append({"reason": reason, "message": item})

@@ -9,6 +9,7 @@ the test's own, and everything is stopped and dropped afterwards.
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -54,18 +55,19 @@ class StackProcess:
         return self.cli(*args).strip().splitlines()[-1]
 
     def start(self, mode: str) -> None:
-        self.cli("migrate")
         assert self.log_dir is not None
         if mode == "embedded":
+            self.cli("migrate")
             commands = [("all", ["run"])]
         else:
-            commands = [(name, ["serve", name]) for name in SERVICES]
+            # `python -m services stack` (what `make stack` runs): migrate, then five processes.
+            commands = [("stack", ["stack"])]
         for name, args in commands:
             log = open(self.log_dir / f"{name}.log", "wb")
             self.procs.append(
                 subprocess.Popen([sys.executable, "-m", "services", *args], env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
             )
-        self.wait_ready()
+        self.wait_ready(timeout=90)
 
     def wait_ready(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -116,6 +118,7 @@ def stack_env(tmp: Path, *, database_url: str | None, bus_url: str | None) -> tu
         SIPAS_LOG_JSON="true",
         SIPAS_OUTBOX_POLL_SECONDS="0.1",
         PYTHONPATH=str(ROOT),
+        SIPAS_INTERNAL_TOKEN=secrets.token_urlsafe(32),
     )
     if database_url:
         env.update(SIPAS_DATABASE_URL=database_url, SIPAS_SCHEMA_PREFIX=f"t{uid}_")
