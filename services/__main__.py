@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     platform = PlatformSettings()
-    configure_logging(platform.log_level, platform.log_json)
+    configure_logging(platform.log_level, platform.log_json if platform.log_json is not None else platform.environment != "local")
     if args.command == "run":
         platform.data_dir.mkdir(parents=True, exist_ok=True)
         asyncio.run(_run_embedded(platform))

@@ -92,7 +92,9 @@ def build_app(spec: ServiceSpec, settings: ServiceSettings, *, bus: EventBus | N
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        set_service(spec.name)
+        # Tasks started here (consumers, relay) keep the service in their log context; the
+        # caller's context gets it back (five apps share one process in embedded mode).
+        service_token = set_service(spec.name)
         engine = create_engine(settings.effective_database_url, schema=settings.db_schema)
         if settings.migrate_on_start:
             await migrate.upgrade(engine, spec.name, spec.migrations, settings.db_schema)
@@ -128,6 +130,7 @@ def build_app(spec: ServiceSpec, settings: ServiceSettings, *, bus: EventBus | N
             )
         relay.start()
         log.info("%s service started on %s", spec.name, engine.dialect.name)
+        reset_service(service_token)
         try:
             yield
         finally:

@@ -36,7 +36,8 @@ class PlatformSettings(BaseSettings):
     # Prefix of each service's PostgreSQL schema (tests give every test its own schemas).
     schema_prefix: str = ""
     log_level: str = "INFO"
-    log_json: bool = True
+    # JSON lines for machines; None = JSON except in the local environment (a person at a terminal).
+    log_json: bool | None = None
     # Applying migrations at start-up suits embedded mode; production runs `migrate` first.
     migrate_on_start: bool | None = None
     outbox_poll_seconds: float = 0.5
