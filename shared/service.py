@@ -72,6 +72,8 @@ class ServiceSpec:
     version: str = "0.1.0"
     # Extra start/stop work of a service (e.g. seeding reference data), run after migrations.
     on_startup: list[Callable[[FastAPI], Awaitable[None]]] = field(default_factory=list)
+    # Their counterpart (e.g. stopping a background task), run before the relay and engine stop.
+    on_shutdown: list[Callable[[FastAPI], Awaitable[None]]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         add_platform_tables(self.metadata)
@@ -134,6 +136,8 @@ def build_app(spec: ServiceSpec, settings: ServiceSettings, *, bus: EventBus | N
         try:
             yield
         finally:
+            for hook in spec.on_shutdown:
+                await hook(app)
             await relay.stop()
             for client in app.state.peers.values():
                 await client.aclose()

@@ -9,7 +9,9 @@ list": ``publish`` returns only once every bound queue's consumer has handled th
 dead-lettered it). The outbox marks a row sent only then, so a process killed with events in
 flight still has them as unsent outbox rows and publishes them again at start-up; the
 consumers' inboxes make the second delivery a no-op. RabbitMQ gives the same guarantee with
-durable queues and publisher confirms.
+durable queues and publisher confirms. A queue that is declared but has no consumer yet (only
+during start-up, or in a test) just holds the event, as a broker queue would; ``publish`` does
+not wait for it.
 """
 
 from __future__ import annotations
@@ -58,7 +60,8 @@ class InMemoryBus(EventBus):
             if any(topic_matches(p, event.type) for p in patterns):
                 # Each queue gets its own copy, as a broker would deliver it.
                 done = loop.create_future()
-                handled.append(done)
+                if name in self._subs:
+                    handled.append(done)
                 self._queues[name].put_nowait((event.model_copy(deep=True), done))
         if handled:
             await asyncio.gather(*handled)

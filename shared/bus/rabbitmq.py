@@ -154,7 +154,14 @@ class RabbitMQBus(EventBus):
             EVENTS_CONSUMED.labels(sub.service, sub.queue, "dead_lettered").inc()
 
     async def healthy(self) -> bool:
-        return self._connection is not None and not self._connection.is_closed and self._exchange is not None
+        # A robust connection does not count as closed while it reconnects; its channel does.
+        return (
+            self._connection is not None
+            and not self._connection.is_closed
+            and self._publish_channel is not None
+            and not self._publish_channel.is_closed
+            and self._exchange is not None
+        )
 
     async def _message_count(self, queue: str) -> int:
         assert self._connection is not None

@@ -1,0 +1,318 @@
+"""One contract, two buses: the in-process bus must behave as RabbitMQ does.
+
+Every test here runs against ``InMemoryBus`` always and against ``RabbitMQBus`` in the services
+tier (the ``rabbitmq`` cases carry the ``services`` mark), in the same run, so a difference
+between the two shows up as one case passing and its twin failing. Each test gets its own
+exchange and queue names on RabbitMQ, deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+
+from shared.bus import EventBus, InMemoryBus, Subscription
+from shared.events import Envelope, topic_matches
+from tests.conftest import BUS_URL, eventually
+
+MAX_ATTEMPTS = 3
+BUSES = ["memory", pytest.param("rabbitmq", marks=pytest.mark.services)]
+
+
+def event(type_: str = "sipas.test.thing.happened.v1", **data) -> Envelope:
+    return Envelope(type=type_, source="/sipas/test", correlation_id="corr-" + uuid.uuid4().hex[:8], data=data)
+
+
+class BusHarness:
+    """A started bus of one kind, with unique names and cleanup of what the test declared."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.uid = uuid.uuid4().hex[:10]
+        self.exchange = f"sipas.test.contract.{self.uid}"
+        self.queues: list[str] = []
+        self.bus: EventBus = self._new_bus()
+
+    def _new_bus(self) -> EventBus:
+        if self.kind == "memory":
+            return InMemoryBus(max_attempts=MAX_ATTEMPTS, retry_base_seconds=0.01)
+        from shared.bus.rabbitmq import RabbitMQBus
+
+        return RabbitMQBus(BUS_URL, exchange=self.exchange, max_attempts=MAX_ATTEMPTS, retry_base_seconds=0.01)
+
+    def queue(self, name: str) -> str:
+        q = f"test.contract.{self.uid}.{name}"
+        self.queues.append(q)
+        return q
+
+    async def subscribe(self, name: str, patterns: list[str], handler) -> str:
+        q = self.queue(name)
+        await self.bus.subscribe(Subscription(q, patterns, handler, service="test"))
+        return q
+
+    async def pending_after_close(self, queue: str) -> int:
+        """Close the bus (stopping its consumers) and count the messages still in ``queue``.
+
+        On RabbitMQ a message a consumer never acknowledged goes back to its queue when the
+        consumer's channel closes, so this is how a test tells "acked" from "left unacked"."""
+        await self.bus.close()
+        if self.kind == "memory":
+            return await self.bus.queue_depth(queue)
+        from shared.bus.rabbitmq import RabbitMQBus
+
+        admin = RabbitMQBus(BUS_URL, exchange=self.exchange)
+        await admin.start()
+        try:
+            return await admin.queue_depth(queue)
+        finally:
+            await admin.close()
+
+    async def close(self) -> None:
+        await self.bus.close()
+        if self.kind == "rabbitmq":
+            from shared.bus.rabbitmq import RabbitMQBus
+
+            admin = RabbitMQBus(BUS_URL, exchange=self.exchange)
+            await admin.start()
+            try:
+                await admin.delete_queues(self.queues)
+            finally:
+                await admin.close()
+
+
+@pytest.fixture(params=BUSES)
+async def harness(request):
+    h = BusHarness(request.param)
+    await h.bus.start()
+    try:
+        yield h
+    finally:
+        await h.close()
+
+
+# -- delivery -------------------------------------------------------------------------------------
+
+
+async def test_a_published_event_arrives_whole(harness):
+    got: list[Envelope] = []
+
+    async def handler(e: Envelope) -> None:
+        got.append(e)
+
+    await harness.subscribe("whole", ["sipas.test.#"], handler)
+    sent = event(n=1, text="Hà Nội", nested={"a": [1, 2]})
+    await harness.bus.publish(sent)
+    await eventually(lambda: len(got) == 1)
+    assert got[0] == sent  # same id, type, source, time, correlation id and data
+    assert got[0].id == sent.id and got[0].time == sent.time
+
+
+async def test_an_event_published_before_its_consumer_starts_waits_in_the_declared_queue(harness):
+    q = harness.queue("late")
+    await harness.bus.declare(q, ["sipas.test.#"])
+    sent = event(n=1)
+    await harness.bus.publish(sent)
+    await eventually(lambda: harness.bus.queue_depth(q))
+    assert await harness.bus.queue_depth(q) == 1
+
+    got: list[Envelope] = []
+
+    async def handler(e: Envelope) -> None:
+        got.append(e)
+
+    await harness.bus.subscribe(Subscription(q, ["sipas.test.#"], handler))
+    await eventually(lambda: len(got) == 1)
+    assert got[0].id == sent.id
+
+
+async def test_every_bound_queue_gets_its_own_copy(harness):
+    seen: dict[str, list] = {"a": [], "b": []}
+
+    def recorder(name):
+        async def handler(e: Envelope) -> None:
+            seen[name].append(e.id)
+
+        return handler
+
+    await harness.subscribe("copy-a", ["sipas.test.#"], recorder("a"))
+    await harness.subscribe("copy-b", ["sipas.test.*.happened.v1"], recorder("b"))
+    sent = event()
+    await harness.bus.publish(sent)
+    await eventually(lambda: seen["a"] == [sent.id] and seen["b"] == [sent.id])
+
+
+async def test_close_lets_an_in_flight_handler_finish(harness):
+    started, finished = asyncio.Event(), []
+
+    async def slow(e: Envelope) -> None:
+        started.set()
+        await asyncio.sleep(0.3)
+        finished.append(e.id)
+
+    await harness.subscribe("inflight", ["sipas.test.#"], slow)
+    sent = event()
+    await harness.bus.publish(sent)
+    await asyncio.wait_for(started.wait(), 10)
+    await harness.bus.close()
+    assert finished == [sent.id]
+
+
+# -- failures: poison messages, retries, dead letters -----------------------------------------------
+
+
+async def test_a_poison_message_is_dead_lettered_and_the_consumer_keeps_going(harness):
+    calls: list[Envelope] = []
+
+    async def handler(e: Envelope) -> None:
+        calls.append(e)
+
+    q = await harness.subscribe("poison", ["sipas.test.#"], handler)
+    await harness.bus.publish_raw("sipas.test.thing.happened.v1", b"\xff not json, not an envelope")
+    await harness.bus.publish_raw("sipas.test.thing.happened.v1", b'{"type": "sipas.test.x", "data": {}}')
+    good = event(n=2)
+    await harness.bus.publish(good)
+
+    await eventually(lambda: [e.id for e in calls] == [good.id])
+    await eventually(lambda: _equals(harness.bus.dead_letter_count(q), 2))
+    await asyncio.sleep(0.2)  # nothing comes back: parked, not retried
+    assert [e.id for e in calls] == [good.id]
+    assert await harness.bus.dead_letter_count(q) == 2
+    assert await harness.pending_after_close(q) == 0
+
+
+async def test_a_handler_that_always_fails_is_tried_max_attempts_times_then_dead_lettered(harness):
+    calls: list = []
+    ok: list = []
+
+    async def handler(e: Envelope) -> None:
+        if e.data.get("bad"):
+            calls.append(e.id)
+            raise RuntimeError("this handler never succeeds on this event")
+        ok.append(e.id)
+
+    q = await harness.subscribe("failing", ["sipas.test.#"], handler)
+    bad, good = event(bad=True), event(bad=False)
+    await harness.bus.publish(bad)
+    await harness.bus.publish(good)
+
+    await eventually(lambda: _equals(harness.bus.dead_letter_count(q), 1))
+    await eventually(lambda: ok == [good.id])
+    await asyncio.sleep(0.2)  # no further attempt after dead-lettering
+    assert calls == [bad.id] * MAX_ATTEMPTS
+    assert await harness.bus.dead_letter_count(q) == 1
+    assert await harness.pending_after_close(q) == 0
+
+
+async def test_a_handler_that_fails_twice_then_succeeds_is_acked_not_dead_lettered(harness):
+    calls: list = []
+    done: list = []
+
+    async def handler(e: Envelope) -> None:
+        calls.append(e.id)
+        if len(calls) <= 2:
+            raise RuntimeError("transient failure")
+        done.append(e.id)
+
+    q = await harness.subscribe("flaky", ["sipas.test.#"], handler)
+    sent = event()
+    await harness.bus.publish(sent)
+    await eventually(lambda: done == [sent.id])
+    assert calls == [sent.id] * 3  # the last of MAX_ATTEMPTS attempts succeeded
+    await asyncio.sleep(0.1)
+    assert await harness.bus.dead_letter_count(q) == 0
+    # Acknowledged: closing the consumer does not put it back in the queue.
+    assert await harness.pending_after_close(q) == 0
+    assert done == [sent.id]
+
+
+async def _equals(awaitable, expected) -> bool:
+    return (await awaitable) == expected
+
+
+# -- topic matching ---------------------------------------------------------------------------------
+
+KEYS = [
+    "sipas.sampling.wave.created.v1",
+    "sipas.sampling.wave.updated.v1",
+    "sipas.sampling.wave.created.v2",
+    "sipas.sampling.wave",
+    "sipas.sampling",
+    "sipas",
+    "sipas.survey.form.created.v1",
+    "other.sampling.wave.created.v1",
+    "sipas.sampling.wave.created.v1.extra",
+]
+
+# pattern -> the KEYS it matches under AMQP topic rules ('*' exactly one word, '#' zero or more).
+TOPIC_TABLE: dict[str, set[str]] = {
+    "sipas.sampling.wave.created.v1": {"sipas.sampling.wave.created.v1"},
+    "sipas.sampling.wave.*": set(),
+    "sipas.sampling.wave.*.v1": {"sipas.sampling.wave.created.v1", "sipas.sampling.wave.updated.v1"},
+    "sipas.sampling.wave.#": {
+        "sipas.sampling.wave.created.v1",
+        "sipas.sampling.wave.updated.v1",
+        "sipas.sampling.wave.created.v2",
+        "sipas.sampling.wave",
+        "sipas.sampling.wave.created.v1.extra",
+    },
+    "sipas.*": {"sipas.sampling"},
+    "sipas.#": set(KEYS) - {"other.sampling.wave.created.v1"},
+    "#": set(KEYS),
+    "*": {"sipas"},
+    "*.sampling.#": {k for k in KEYS if k.split(".")[1:2] == ["sampling"]},
+    "#.v1": {
+        "sipas.sampling.wave.created.v1",
+        "sipas.sampling.wave.updated.v1",
+        "sipas.survey.form.created.v1",
+        "other.sampling.wave.created.v1",
+    },
+    "sipas.#.v1": {"sipas.sampling.wave.created.v1", "sipas.sampling.wave.updated.v1", "sipas.survey.form.created.v1"},
+    "sipas.*.*.created.v1": {"sipas.sampling.wave.created.v1", "sipas.survey.form.created.v1"},
+    "#.wave.#": {
+        "sipas.sampling.wave.created.v1",
+        "sipas.sampling.wave.updated.v1",
+        "sipas.sampling.wave.created.v2",
+        "sipas.sampling.wave",
+        "other.sampling.wave.created.v1",
+        "sipas.sampling.wave.created.v1.extra",
+    },
+    "sipas.#.#": set(KEYS) - {"other.sampling.wave.created.v1"},
+    "sipas.*.#": set(KEYS) - {"other.sampling.wave.created.v1", "sipas"},
+}
+
+
+@pytest.mark.parametrize("pattern", list(TOPIC_TABLE))
+def test_topic_matches_follows_amqp_rules(pattern):
+    assert {k for k in KEYS if topic_matches(pattern, k)} == TOPIC_TABLE[pattern]
+
+
+async def test_bindings_route_as_the_topic_table_says(harness):
+    """Bind one queue per pattern and publish every key: each queue gets exactly its keys."""
+    received: dict[str, list[str]] = {p: [] for p in TOPIC_TABLE}
+    closed: dict[str, asyncio.Event] = {p: asyncio.Event() for p in TOPIC_TABLE}
+
+    def recorder(pattern: str, sentinel: str):
+        async def handler(e: Envelope) -> None:
+            if e.type == sentinel:
+                closed[pattern].set()
+            elif not e.type.startswith("zz-sentinel."):
+                received[pattern].append(e.type)
+
+        return handler
+
+    sentinels = {}
+    for i, pattern in enumerate(TOPIC_TABLE):
+        # A per-queue sentinel key, published last: once a queue sees it, it has seen (in
+        # order) everything routed to it before.
+        sentinels[pattern] = f"zz-sentinel.{i}"
+        await harness.subscribe(f"topic{i}", [pattern, sentinels[pattern]], recorder(pattern, sentinels[pattern]))
+    for key in KEYS:
+        await harness.bus.publish(event(key))
+    for pattern in TOPIC_TABLE:
+        await harness.bus.publish(event(sentinels[pattern]))
+    await asyncio.wait_for(asyncio.gather(*(e.wait() for e in closed.values())), 20)
+
+    for pattern, expected in TOPIC_TABLE.items():
+        assert sorted(received[pattern]) == sorted(expected), pattern
