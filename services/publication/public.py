@@ -1,0 +1,353 @@
+"""The public read side: which version is visible, cursors, ETags, JSON and CSV bodies.
+
+Published content is immutable, so every public answer is a pure function of (the visible
+version's content hash, its publish time, the request's path and query). Its strong ETag is
+computed from those alone: an ``If-None-Match`` that matches is answered 304 after one small
+lookup, without building the body. The release document and its metadata are rendered once,
+when the version is released, and served as stored bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import csv
+import datetime as dt
+import hashlib
+import io
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import Response
+from pydantic import BaseModel
+from sqlalchemy import Table, and_, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.publication.schemas import (
+    Figure,
+    Ranking,
+    ReleaseDocument,
+    ReleaseMetadata,
+    SampleSize,
+    WaveFacts,
+)
+from services.publication.service import visible
+from shared.db import utcnow
+from shared.errors import BadRequest, NotFound
+
+# Bump when the serialisation of computed bodies changes: their ETags change with it, so a
+# strong ETag never names two different byte sequences.
+BODY_FORMAT = "1"
+JSON_TYPE = "application/json"
+CSV_TYPE = "text/csv; charset=utf-8"
+IMMUTABLE = "public, max-age=31536000, immutable"
+# Administrative units changed on 1 July 2025 (63 → 34 provinces): series across it are flagged.
+MERGER_DATE = dt.date(2025, 7, 1)
+
+
+def etag_of(body: bytes) -> str:
+    return '"' + hashlib.sha256(body).hexdigest()[:40] + '"'
+
+
+def derived_etag(*parts: Any) -> str:
+    return '"' + hashlib.sha256("|".join(str(p) for p in (BODY_FORMAT, *parts)).encode()).hexdigest()[:40] + '"'
+
+
+def request_key(request: Request) -> str:
+    """Path and query, normalised (order of parameters does not matter)."""
+    return request.url.path + "?" + "&".join(f"{k}={v}" for k, v in sorted(request.query_params.multi_items()))
+
+
+def matches(request: Request, etag: str) -> bool:
+    """Strong comparison (RFC 9110 §13.1.2): weak validators never match."""
+    header = request.headers.get("if-none-match")
+    if not header:
+        return False
+    if header.strip() == "*":
+        return True
+    return any(tag.strip() == etag for tag in header.split(","))
+
+
+def cache_headers(request: Request, etag: str) -> dict[str, str]:
+    pinned = "as_of" in request.query_params or "version" in request.query_params
+    max_age = request.app.state.settings.tuning.public_max_age_seconds
+    return {
+        "ETag": etag,
+        "Cache-Control": IMMUTABLE if pinned else f"public, max-age={max_age}",
+        "Vary": "Accept",
+    }
+
+
+async def conditional(
+    request: Request, etag: str, build: Callable[[], Awaitable[tuple[bytes, str]]]
+) -> Response:
+    """304 if the client holds ``etag``; otherwise build (bytes, media type) and send it."""
+    headers = cache_headers(request, etag)
+    if matches(request, etag):
+        return Response(status_code=304, headers=headers)
+    body, media_type = await build()
+    return Response(body, media_type=media_type, headers=headers)
+
+
+def wants_csv(request: Request, fmt: str | None) -> bool:
+    if fmt is not None:
+        return fmt == "csv"
+    accept = request.headers.get("accept", "")
+    return "text/csv" in accept and JSON_TYPE not in accept
+
+
+def dumps(model: BaseModel | dict) -> bytes:
+    if isinstance(model, BaseModel):
+        return model.model_dump_json().encode()
+    return json.dumps(model, ensure_ascii=False, separators=(",", ":"), default=str).encode()
+
+
+def _flat(row: dict, prefix: str = "") -> dict:
+    out: dict = {}
+    for key, value in row.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        elif isinstance(value, list):
+            out[f"{prefix}{key}"] = " | ".join(str(v) for v in value)
+        else:
+            out[f"{prefix}{key}"] = "" if value is None else value
+    return out
+
+
+def to_csv(rows: list[dict], columns: list[str]) -> bytes:
+    """CSV with a header row (UTF-8, with BOM so spreadsheet software reads Vietnamese right)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(_flat(row))
+    return ("\ufeff" + buffer.getvalue()).encode()
+
+
+def columns_of(model: type[BaseModel], prefix: str = "") -> list[str]:
+    cols: list[str] = []
+    for name, info in model.model_fields.items():
+        ann = info.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            cols += columns_of(ann, f"{prefix}{name}.")
+        else:
+            cols.append(prefix + name)
+    return cols
+
+
+# --- time and cursors ---
+
+
+def read_instant(request: Request, as_of: dt.datetime | None) -> dt.datetime:
+    """The instant a read is made at. ``as_of`` reads the past; the future is refused (it would
+    read through embargoes)."""
+    now = request.app.state.clock()
+    if as_of is None:
+        return now
+    if as_of.tzinfo is None:
+        as_of = as_of.replace(tzinfo=dt.UTC)
+    if as_of > now:
+        raise BadRequest("as_of is in the future: only what has been published can be read.")
+    return as_of
+
+
+def encode_cursor(data: dict) -> str:
+    return base64.urlsafe_b64encode(json.dumps(data, separators=(",", ":")).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str | None) -> dict | None:
+    if cursor is None:
+        return None
+    try:
+        data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        raise BadRequest("The cursor is malformed; use next_cursor exactly as it was given.") from None
+    if not isinstance(data, dict) or "k" not in data:
+        raise BadRequest("The cursor is malformed; use next_cursor exactly as it was given.")
+    return data
+
+
+# --- the visible version ---
+
+
+async def visible_version(
+    session: AsyncSession, tables: dict[str, Table], release_id: str, at: dt.datetime, version: int | None = None,
+    cursor: dict | None = None,
+) -> dict:
+    """The version of a release public at ``at`` (the newest, or ``version``). Unknown, draft
+    and embargoed releases are all "not found": the public cannot learn what is coming."""
+    t = tables["release_version"]
+    query = select(t).where(t.c.release_id == release_id, visible(t, at))
+    if cursor is not None and "v" in cursor:
+        if version is not None and cursor.get("n") != version:
+            raise BadRequest("The cursor belongs to another version than ?version=.")
+        query = query.where(t.c.id == str(cursor["v"]))
+    elif version is not None:
+        query = query.where(t.c.version == version)
+    row = (await session.execute(query.order_by(t.c.version.desc()).limit(1))).mappings().first()
+    if row is None:
+        if cursor is not None and "v" in cursor:
+            raise BadRequest("The cursor does not belong to this release.")
+        what = f"version {version} of release {release_id}" if version else f"release {release_id}"
+        raise NotFound(f"No published {what} at {at.isoformat(timespec='seconds')}.")
+    return dict(row)
+
+
+async def stored_body(session: AsyncSession, tables: dict[str, Table], release_id: str, at: dt.datetime,
+                      version: int | None, resource: str) -> dict:
+    """Visible version and its precomputed body in one query (the hot path)."""
+    v, b = tables["release_version"], tables["release_body"]
+    query = (
+        select(b.c.etag, b.c.body, b.c.media_type, v.c.version)
+        .join(v, v.c.id == b.c.version_id)
+        .where(v.c.release_id == release_id, visible(v, at), b.c.resource == resource)
+    )
+    if version is not None:
+        query = query.where(v.c.version == version)
+    row = (await session.execute(query.order_by(v.c.version.desc()).limit(1))).mappings().first()
+    if row is None:
+        what = f"version {version} of release {release_id}" if version else f"release {release_id}"
+        raise NotFound(f"No published {what} at {at.isoformat(timespec='seconds')}.")
+    return dict(row)
+
+
+async def visible_releases(session: AsyncSession, tables: dict[str, Table], at: dt.datetime) -> list[dict]:
+    """Each release's newest version public at ``at`` (small: one release per wave)."""
+    t = tables["release_version"]
+    newest = (
+        select(t.c.release_id, func.max(t.c.version).label("version"))
+        .where(visible(t, at))
+        .group_by(t.c.release_id)
+        .subquery()
+    )
+    first = (
+        select(t.c.release_id, func.min(t.c.publish_at).label("first_published_at"))
+        .where(visible(t, at))
+        .group_by(t.c.release_id)
+        .subquery()
+    )
+    query = (
+        select(t, first.c.first_published_at)
+        .join(newest, and_(newest.c.release_id == t.c.release_id, newest.c.version == t.c.version))
+        .join(first, first.c.release_id == t.c.release_id)
+    )
+    rows = [dict(r) for r in (await session.execute(query)).mappings()]
+    rows.sort(key=lambda r: (-r["facts"]["wave"]["year"], r["facts"]["wave"]["code"], r["release_id"]))
+    return rows
+
+
+def collection_etag(rows: list[dict], request: Request) -> str:
+    return derived_etag(*(f"{r['id']}@{r['publish_at'].isoformat()}" for r in rows), request_key(request))
+
+
+def version_etag(row: dict, request: Request) -> str:
+    return derived_etag(row["id"], row["content_hash"], row["publish_at"].isoformat(), request_key(request))
+
+
+# --- bodies ---
+
+
+def wave_facts(row: dict) -> WaveFacts:
+    return WaveFacts(**row["facts"]["wave"])
+
+
+def figure(row: Any) -> Figure:
+    return Figure(
+        domain=row["domain"], domain_code=row["domain_code"], indicator=row["indicator"], code=row["code"],
+        weighting=row["weighting"], value=row["value"], se=row["se"], ci_low=row["ci_low"], ci_high=row["ci_high"],
+        n=row["n"], cv=row["cv"], deff=row["deff"], flag=row["flag"], suppressed=row["flag"] == "suppressed",
+    )
+
+
+def ranking(row: Any) -> Ranking:
+    return Ranking(**{k: row[k] for k in Ranking.model_fields})
+
+
+async def cells(
+    session: AsyncSession, tables: dict[str, Table], version_id: str, *, domain: str | None = None,
+    domain_codes: list[str] | None = None, indicators: list[str] | None = None, code: str | None = None,
+    weighting: str | None = None, flag: str | None = None, after: int = 0, limit: int | None = None,
+) -> list[dict]:
+    c = tables["release_cell"]
+    query = select(c).where(c.c.version_id == version_id, c.c.seq > after)
+    if domain:
+        query = query.where(c.c.domain == domain)
+    if domain_codes is not None:
+        query = query.where(c.c.domain_code.in_(domain_codes))
+    if indicators:
+        query = query.where(c.c.indicator.in_(indicators))
+    if code:
+        query = query.where(c.c.code == code)
+    if weighting:
+        query = query.where(c.c.weighting == weighting)
+    if flag:
+        query = query.where(c.c.flag == flag)
+    query = query.order_by(c.c.seq)
+    if limit is not None:
+        query = query.limit(limit)
+    return [dict(r) for r in (await session.execute(query)).mappings()]
+
+
+async def has_province(session: AsyncSession, tables: dict[str, Table], version_id: str, province_code: str) -> bool:
+    c = tables["release_cell"]
+    found = await session.scalar(
+        select(c.c.seq).where(c.c.version_id == version_id, c.c.domain == "province", c.c.domain_code == province_code).limit(1)
+    )
+    return found is not None
+
+
+async def province_codes(session: AsyncSession, tables: dict[str, Table], version_id: str, after: str, limit: int,
+                         only: str | None = None) -> list[str]:
+    c = tables["release_cell"]
+    query = select(c.c.domain_code).where(c.c.version_id == version_id, c.c.domain == "province", c.c.domain_code > after).distinct()
+    if only:
+        query = query.where(c.c.domain_code == only)
+    return list((await session.execute(query.order_by(c.c.domain_code).limit(limit))).scalars())
+
+
+async def rankings(session: AsyncSession, tables: dict[str, Table], version_id: str, indicator: str,
+                   province_code: str | None, after: int, limit: int | None) -> list[dict]:
+    r = tables["release_ranking"]
+    query = select(r).where(r.c.version_id == version_id, r.c.indicator == indicator, r.c.seq > after)
+    if province_code:
+        query = query.where(r.c.province_code == province_code)
+    query = query.order_by(r.c.seq)
+    if limit is not None:
+        query = query.limit(limit)
+    return [dict(x) for x in (await session.execute(query)).mappings()]
+
+
+async def metadata_of(session: AsyncSession, tables: dict[str, Table], row: dict) -> ReleaseMetadata:
+    sipas = await cells(session, tables, row["id"], domain="province", indicators=["sipas"], weighting="none")
+    facts = row["facts"]
+    return ReleaseMetadata(
+        release_id=row["release_id"], version=row["version"], run_id=row["run_id"], wave=wave_facts(row),
+        methodology_version=facts["methodology_version"], code_version=facts["code_version"],
+        accepted_forms=facts["accepted_forms"],
+        sample_sizes=[SampleSize(province_code=c["domain_code"], n=c["n"]) for c in sipas],
+        published_at=row["publish_at"], correction_reason=row["correction_reason"], footnotes=row["footnotes"],
+        previous_wave_id=facts["previous_wave_id"],
+    )
+
+
+async def render_precomputed(session: AsyncSession, tables: dict[str, Table], row: dict) -> dict[str, bytes]:
+    metadata = await metadata_of(session, tables, row)
+    national = await cells(session, tables, row["id"], domain="nation", indicators=["sipas", "part", "element"])
+    base = f"/v1/public/releases/{row['release_id']}"
+    q = f"?version={row['version']}"
+    document = ReleaseDocument(
+        metadata=metadata,
+        national=[figure(c) for c in national],
+        links={name: f"{base}/{name}{q}" for name in
+               ("metadata", "national", "provinces", "items", "expectations", "rankings", "figures", "versions")},
+    )
+    return {"document": dumps(document), "metadata": dumps(metadata)}
+
+
+def unit_era(wave: dict) -> str:
+    start = wave.get("fieldwork_start")
+    when = dt.date.fromisoformat(start) if start else dt.date(wave["year"], 12, 31)
+    return "34-provinces" if when >= MERGER_DATE else "63-provinces"
+
