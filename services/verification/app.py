@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 from fastapi import FastAPI
 
-from services.verification.consumers import CONSUMERS
+from services.verification.api import ROUTERS
+from services.verification.consumers import CONSUMERS, make_consumers
 from services.verification.models import Base
 from services.verification.settings import VerificationSettings
 from shared.bus import EventBus
@@ -19,10 +21,17 @@ SPEC = ServiceSpec(
     description="Screening rules, review, back-checks (phúc tra) and entry verification; only accepted forms reach the indices (kiểm phiếu, lọc phiếu).",
     metadata=Base.metadata,
     migrations=Path(__file__).parent / "migrations" / "versions",
-    routers=[wave_replica_router()],
+    routers=[wave_replica_router(), *ROUTERS],
     consumers=CONSUMERS,
 )
 
 
 def create_app(settings: VerificationSettings | None = None, *, bus: EventBus | None = None) -> FastAPI:
-    return build_app(SPEC, settings or VerificationSettings(), bus=bus)
+    # Screening a response needs the wave's methodology, read from survey through this app's
+    # peers: the consumers are bound to this app (a shallow copy of SPEC, same queues).
+    bound: dict[str, FastAPI] = {}
+    spec = copy.copy(SPEC)
+    spec.consumers = make_consumers(lambda: bound.get("app"))
+    app = build_app(spec, settings or VerificationSettings(), bus=bus)
+    bound["app"] = app
+    return app

@@ -53,3 +53,26 @@ class ResponseRejected(_Decision):
 
     event_type = "sipas.verification.response.rejected.v1"
     reasons: list[str]
+
+
+@contract
+class CorrectionRequested(EventData):
+    """A reviewer sent a form back for correction (to survey's data entry, or to Vietnam Post for
+    a paper form). ``items`` names the questions to check, ``reason_codes`` why; free-text
+    comments stay in verification (they might name people). A corrected form comes back as a
+    ``response.submitted`` with a higher ``revision`` and is screened again."""
+
+    event_type = "sipas.verification.correction.requested.v1"
+    producer = "verification"
+    wave_id: uuid.UUID
+    form_code: str
+    unit_id: uuid.UUID
+    response_id: uuid.UUID
+    revision: int
+    channel: Channel
+    reason_codes: list[str]
+    items: list[str]
+    requested_at: dt.datetime
+
+    def subject(self) -> str:
+        return self.form_code
