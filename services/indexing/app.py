@@ -6,6 +6,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
+from services.indexing.api import router
 from services.indexing.consumers import CONSUMERS
 from services.indexing.models import Base
 from services.indexing.settings import IndexingSettings
@@ -19,7 +20,7 @@ SPEC = ServiceSpec(
     description="Item, element, part and SIPAS indices with design-based standard errors, rankings and reproducible runs.",
     metadata=Base.metadata,
     migrations=Path(__file__).parent / "migrations" / "versions",
-    routers=[wave_replica_router()],
+    routers=[wave_replica_router(), router],
     consumers=CONSUMERS,
 )
 

@@ -1,0 +1,432 @@
+"""Indexing's domain operations: the accepted set, provisional sums, final runs, rankings.
+
+Each operation runs in the caller's transaction (an HTTP unit of work or a consumer's inbox
+transaction), so a change, its audit entry and its event commit together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import json
+import logging
+import re
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from sqlalchemy import and_, delete, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.indexing import compute
+from services.indexing.models import (
+    form_decision,
+    index_cell,
+    index_ranking,
+    index_run,
+    provisional_stratum,
+    provisional_sum,
+    stratum_frame,
+    wave,
+)
+from shared import audit
+from shared.auth import Principal, ensure_province_visible
+from shared.contracts.indexing import IndexRunCompleted
+from shared.contracts.sampling import SampleDrawn
+from shared.contracts.verification import ResponseAccepted, ResponseRejected
+from shared.db import utcnow
+from shared.errors import InvalidState, NotFound
+from shared.methodology import Methodology
+from shared.outbox import add_event
+
+log = logging.getLogger("sipas.indexing")
+
+#: The 2025 administrative merger (63 → 34 provinces) took effect on this day.
+MERGER_DATE = dt.date(2025, 7, 1)
+_ITEM_KEY = re.compile(r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$")
+
+
+def _insert(session: AsyncSession, table):
+    return (postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert)(table)
+
+
+# --------------------------------------------------------------------------------------------------
+# The accepted set (consumer of verification's decisions)
+# --------------------------------------------------------------------------------------------------
+
+
+def _payload_hash(payload: Any) -> str:
+    body = json.dumps(payload.model_dump(mode="json"), sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+async def apply_decision(session: AsyncSession, payload: ResponseAccepted | ResponseRejected) -> str:
+    """Make a decision the form's current state if it is newer than what we hold.
+
+    Returns what happened: ``"applied"``, ``"older"`` (ignored: a newer decision is held),
+    ``"duplicate"`` (same version, same payload: a redelivery), ``"conflict"`` (same version,
+    another payload: logged and ignored -- verification numbers decisions, so this is a bug
+    upstream, and keeping the first is the only reproducible choice). Provisional sums move by
+    the difference between the old and the new state, so the cost is one form's answers.
+    """
+    wave_id, form_code = str(payload.wave_id), payload.form_code
+    query = select(form_decision).where(form_decision.c.wave_id == wave_id, form_decision.c.form_code == form_code)
+    if session.bind.dialect.name == "postgresql":
+        query = query.with_for_update()
+    old = (await session.execute(query)).mappings().first()
+    digest = _payload_hash(payload)
+    if old is not None:
+        if old["decision_version"] > payload.decision_version:
+            return "older"
+        if old["decision_version"] == payload.decision_version:
+            if old["payload_hash"] == digest:
+                return "duplicate"
+            log.error("decision %s v%s of wave %s arrived twice with different payloads; keeping the first",
+                      form_code, payload.decision_version, wave_id)
+            return "conflict"
+    accepted = isinstance(payload, ResponseAccepted)
+    values: dict[str, Any] = {
+        "decision_version": payload.decision_version,
+        "status": "accepted" if accepted else "rejected",
+        "payload_hash": digest,
+        "decided_at": payload.decided_at if payload.decided_at.tzinfo else payload.decided_at.replace(tzinfo=dt.UTC),
+        "received_at": utcnow(),
+    }
+    design_fields = ("methodology_version", "stratum", "province_code", "commune_code", "psu", "ssu", "pi",
+                     "weight", "level", "field", "procedure_code", "respondent_type", "channel")
+    if accepted:
+        values.update({f: getattr(payload, f) for f in design_fields})
+        values["answers"] = payload.answers
+    else:
+        # A rejected form keeps nothing it does not need (the answers leave the accepted set).
+        values.update({f: None for f in design_fields})
+        values["answers"] = None
+    if old is None:
+        await session.execute(form_decision.insert().values(wave_id=wave_id, form_code=form_code, **values))
+    else:
+        await session.execute(
+            update(form_decision)
+            .where(form_decision.c.wave_id == wave_id, form_decision.c.form_code == form_code)
+            .values(**values)
+        )
+    if old is not None and old["status"] == "accepted":
+        await _add_provisional(session, wave_id, old, sign=-1)
+    if accepted:
+        await _add_provisional(session, wave_id, values, sign=+1)
+    return "applied"
+
+
+def provisional_contribution(form: Mapping[str, Any]) -> tuple[tuple[str, str, str, str], dict[str, tuple[int, float]]]:
+    """A form's cell key (stratum, province, level, field) and, per item answered 1–5, the code
+    and weight it adds: the whole of its effect on the provisional sums."""
+    key = (form["stratum"], form["province_code"] or "", form["level"] or "", form["field"] or "")
+    w = float(form["weight"])
+    answers = form["answers"] or {}
+    items = {c: (v, w) for c, v in answers.items()
+             if _ITEM_KEY.match(c) and type(v) is int and 1 <= v <= 5}
+    return key, items
+
+
+async def _add_provisional(session: AsyncSession, wave_id: str, form: Mapping[str, Any], sign: int) -> None:
+    (stratum, province, level, field), items = provisional_contribution(form)
+    if items:
+        rows = []
+        for item, (v, w) in sorted(items.items()):
+            row = {"wave_id": wave_id, "stratum": stratum, "province_code": province, "level": level,
+                   "field": field, "item": item}
+            for code in range(1, 6):
+                row[f"w{code}"] = sign * w if code == v else 0.0
+                row[f"c{code}"] = sign if code == v else 0
+            rows.append(row)
+        stmt = _insert(session, provisional_sum).values(rows)
+        cols = [f"w{c}" for c in range(1, 6)] + [f"c{c}" for c in range(1, 6)]
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["wave_id", "stratum", "province_code", "level", "field", "item"],
+            set_={c: provisional_sum.c[c] + stmt.excluded[c] for c in cols},
+        )
+        await session.execute(stmt)
+    stmt = _insert(session, provisional_stratum).values(
+        wave_id=wave_id, stratum=stratum, sum_w=sign * float(form["weight"]), forms=sign)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["wave_id", "stratum"],
+        set_={"sum_w": provisional_stratum.c.sum_w + stmt.excluded.sum_w,
+              "forms": provisional_stratum.c.forms + stmt.excluded.forms},
+    )
+    await session.execute(stmt)
+
+
+async def apply_sample_drawn(session: AsyncSession, payload: SampleDrawn) -> None:
+    """Chunk 0 of a draw carries the strata with their frame sizes; a new draw replaces the old."""
+    if payload.chunk != 0:
+        return
+    wave_id, draw_id = str(payload.wave_id), str(payload.draw_id)
+    await session.execute(delete(stratum_frame).where(stratum_frame.c.wave_id == wave_id,
+                                                      stratum_frame.c.draw_id != draw_id))
+    for s in payload.strata:
+        stmt = _insert(session, stratum_frame).values(wave_id=wave_id, stratum=s.stratum, draw_id=draw_id,
+                                                      population=s.population, n=s.n)
+        stmt = stmt.on_conflict_do_update(index_elements=["wave_id", "stratum"],
+                                          set_={"draw_id": draw_id, "population": s.population, "n": s.n})
+        await session.execute(stmt)
+
+
+async def frame_sizes(session: AsyncSession, wave_id: str) -> dict[str, int]:
+    rows = await session.execute(select(stratum_frame.c.stratum, stratum_frame.c.population)
+                                 .where(stratum_frame.c.wave_id == wave_id))
+    return {s: int(p) for s, p in rows}
+
+
+async def accepted_rows(session: AsyncSession, wave_id: str) -> list[dict[str, Any]]:
+    rows = await session.execute(
+        select(form_decision).where(form_decision.c.wave_id == wave_id, form_decision.c.status == "accepted")
+        .order_by(form_decision.c.form_code))
+    return [dict(r) for r in rows.mappings()]
+
+
+async def accepted_summary(session: AsyncSession, wave_id: str) -> dict[str, Any]:
+    rows = await session.execute(
+        select(form_decision.c.form_code, form_decision.c.decision_version)
+        .where(form_decision.c.wave_id == wave_id, form_decision.c.status == "accepted"))
+    pairs = [(c, v) for c, v in rows]
+    rejected = await session.scalar(select(func.count()).select_from(form_decision).where(
+        form_decision.c.wave_id == wave_id, form_decision.c.status == "rejected"))
+    return {"wave_id": wave_id, "accepted_forms": len(pairs), "rejected_forms": int(rejected or 0),
+            "accepted_fingerprint": compute.accepted_fingerprint(pairs)}
+
+
+# --------------------------------------------------------------------------------------------------
+# Waves
+# --------------------------------------------------------------------------------------------------
+
+
+async def get_wave(session: AsyncSession, principal: Principal, wave_id: str) -> dict[str, Any]:
+    row = (await session.execute(select(wave).where(wave.c.id == wave_id))).mappings().first()
+    if row is None:
+        raise NotFound(f"No wave {wave_id} here (yet).")
+    ensure_province_visible(principal, row["province_code"], "wave")
+    return dict(row)
+
+
+def _after_merger(w: Mapping[str, Any]) -> bool:
+    """Whether a wave's units are the post-merger (34-province) ones: by its fieldwork start,
+    else by its year (a wave of 2025 without dates counts as after)."""
+    if w.get("fieldwork_start") is not None:
+        return w["fieldwork_start"] >= MERGER_DATE
+    return w["year"] >= 2025
+
+
+# --------------------------------------------------------------------------------------------------
+# Final runs
+# --------------------------------------------------------------------------------------------------
+
+
+async def previous_final_run(session: AsyncSession, w: Mapping[str, Any]) -> tuple[dict | None, dict | None]:
+    """The previous wave: the latest earlier year's wave of the same scope (and province) that
+    has a final run; and that wave's latest final run."""
+    query = (
+        select(wave, index_run.c.id.label("run_id"), index_run.c.methodology_version.label("run_methodology"))
+        .join(index_run, and_(index_run.c.wave_id == wave.c.id, index_run.c.kind == "final"))
+        .where(wave.c.year < w["year"], wave.c.scope == w["scope"])
+        .order_by(wave.c.year.desc(), index_run.c.completed_at.desc(), index_run.c.id)
+        .limit(1)
+    )
+    if w["province_code"] is None:
+        query = query.where(wave.c.province_code.is_(None))
+    else:
+        query = query.where(wave.c.province_code == w["province_code"])
+    row = (await session.execute(query)).mappings().first()
+    if row is None:
+        return None, None
+    prev_wave = {k: row[k] for k in row.keys() if k not in ("run_id", "run_methodology")}
+    return prev_wave, {"id": row["run_id"], "methodology_version": row["run_methodology"]}
+
+
+def rankings(values: Mapping[str, Mapping[str, float | None]], indicators: Sequence[str],
+             previous: Mapping[tuple[str, str], Mapping[str, Any]], comparable: bool,
+             note: str | None) -> list[dict[str, Any]]:
+    """Provinces ranked by each indicator (competition ranking), with change against the
+    previous wave. Across a method break or the 2025 merger ``comparable`` is False: the previous
+    figures are shown for reference but no rank change is computed."""
+    out = []
+    for ind in indicators:
+        col = {p: v.get(ind) for p, v in values.items()}
+        ranks = compute.competition_ranks(col)
+        for p in sorted(col):
+            prev = previous.get((p, ind), {})
+            prev_rank, prev_value = prev.get("rank"), prev.get("value")
+            change = (prev_rank - ranks[p]) if comparable and prev_rank is not None and ranks[p] is not None else None
+            out.append({"province_code": p, "indicator": ind, "value": col[p], "rank": ranks[p],
+                        "previous_rank": prev_rank, "rank_change": change, "previous_value": prev_value,
+                        "comparable": comparable, "comparability_note": note})
+    return out
+
+
+async def create_final_run(session: AsyncSession, principal: Principal, w: Mapping[str, Any],
+                           methodology: Methodology, rows: list[dict[str, Any]], sizes: dict[str, int]) -> dict:
+    """Compute and store a final run of ``rows`` (the accepted set read by the caller)."""
+    if not rows:
+        raise InvalidState(f"Wave {w['id']} has no accepted forms yet.")
+    forms = compute.AcceptedForms.from_rows(rows)
+    fingerprint = compute.accepted_fingerprint(zip(forms.form_code, forms.decision_version))
+    result = await asyncio.to_thread(compute.compute_run, forms, methodology, sizes)
+
+    prev_wave, prev_run = await previous_final_run(session, w)
+    comparable, note, previous = True, None, {}
+    if prev_run is not None:
+        notes = []
+        if prev_run["methodology_version"] != methodology.id:
+            notes.append(f"method break: {prev_run['methodology_version']} (previous) vs {methodology.id}")
+        if _after_merger(prev_wave) != _after_merger(w):
+            notes.append("across the 2025 administrative merger (63 -> 34 provinces); sampling's crosswalk "
+                         "is not available to indexing, so the merger is detected from the waves' dates")
+        comparable, note = (not notes), ("; ".join(notes) or None)
+        prev_rows = await session.execute(select(index_ranking).where(index_ranking.c.run_id == prev_run["id"]))
+        previous = {(r["province_code"], r["indicator"]): dict(r) for r in prev_rows.mappings()}
+    elements = list(compute.index_design(methodology).elements)
+    ranking_rows = rankings(result.province_values, ["sipas", *elements], previous, comparable, note)
+
+    run_id = str(uuid.uuid4())
+    completed = utcnow()
+    run = {
+        "id": run_id, "wave_id": w["id"], "kind": "final", "methodology_version": methodology.id,
+        "parameters": {**result.parameters, "headline_weighting": result.headline_weighting,
+                       "frame_sizes_known": len(sizes)},
+        "accepted_fingerprint": fingerprint, "accepted_forms": forms.n, "code_version": compute.code_version(),
+        "previous_wave_id": prev_wave["id"] if prev_wave else None,
+        "previous_run_id": prev_run["id"] if prev_run else None,
+        "national_sipas": result.national_sipas, "requested_by": principal.actor[:120], "completed_at": completed,
+    }
+    await session.execute(index_run.insert().values(**run))
+    for start in range(0, len(result.cells), 2000):
+        await session.execute(index_cell.insert(), [{"run_id": run_id, **c} for c in result.cells[start:start + 2000]])
+    if ranking_rows:
+        await session.execute(index_ranking.insert(), [{"run_id": run_id, **r} for r in ranking_rows])
+    await audit.record(session, _tables(session)["audit_log"], principal, "run.create", "index_run", run_id,
+                       wave_id=w["id"], details={"accepted_forms": forms.n, "fingerprint": fingerprint,
+                                                 "methodology_version": methodology.id})
+    await add_event(session, _tables(session)["outbox"], IndexRunCompleted(
+        run_id=uuid.UUID(run_id), wave_id=uuid.UUID(w["id"]), kind="final", methodology_version=methodology.id,
+        accepted_fingerprint=fingerprint, accepted_forms=forms.n, code_version=run["code_version"],
+        completed_at=completed, national_sipas=result.national_sipas))
+    return run
+
+
+def _tables(session: AsyncSession) -> dict:
+    from services.indexing.app import SPEC
+
+    return SPEC.tables
+
+
+async def get_run(session: AsyncSession, principal: Principal, run_id: str) -> dict[str, Any]:
+    row = (await session.execute(select(index_run).where(index_run.c.id == run_id))).mappings().first()
+    if row is None:
+        raise NotFound(f"No run {run_id}.")
+    w = (await session.execute(select(wave.c.province_code).where(wave.c.id == row["wave_id"]))).first()
+    ensure_province_visible(principal, w[0] if w else None, "run")
+    return dict(row)
+
+
+async def list_runs(session: AsyncSession, wave_id: str) -> list[dict[str, Any]]:
+    rows = await session.execute(select(index_run).where(index_run.c.wave_id == wave_id)
+                                 .order_by(index_run.c.completed_at, index_run.c.id))
+    return [dict(r) for r in rows.mappings()]
+
+
+CELL_COLUMNS = ["domain", "domain_code", "indicator", "code", "weighting", "value", "se", "ci_low", "ci_high",
+                "n", "cv", "deff", "flag"]
+
+
+def _cell_query(run_id: str, filters: Mapping[str, Any]):
+    query = select(*[index_cell.c[c] for c in CELL_COLUMNS]).where(index_cell.c.run_id == run_id)
+    for name, value in filters.items():
+        if value is not None:
+            query = query.where(index_cell.c[name] == value)
+    return query
+
+
+async def cells(session: AsyncSession, run_id: str, filters: Mapping[str, Any], limit: int | None = None,
+                offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+    query = _cell_query(run_id, filters)
+    total = await session.scalar(select(func.count()).select_from(query.subquery()))
+    query = query.order_by(index_cell.c.domain, index_cell.c.domain_code, index_cell.c.indicator,
+                           index_cell.c.code, index_cell.c.weighting)
+    if limit is not None:
+        query = query.limit(limit).offset(offset)
+    rows = await session.execute(query)
+    return [dict(r) for r in rows.mappings()], int(total or 0)
+
+
+async def run_rankings(session: AsyncSession, run_id: str, indicator: str | None = None) -> list[dict[str, Any]]:
+    query = select(index_ranking).where(index_ranking.c.run_id == run_id)
+    if indicator is not None:
+        query = query.where(index_ranking.c.indicator == indicator)
+    rows = await session.execute(query.order_by(index_ranking.c.indicator,
+                                                index_ranking.c.rank.is_(None), index_ranking.c.rank,
+                                                index_ranking.c.province_code))
+    return [{k: v for k, v in dict(r).items() if k not in ("id", "run_id")} for r in rows.mappings()]
+
+
+# --------------------------------------------------------------------------------------------------
+# Provisional index
+# --------------------------------------------------------------------------------------------------
+
+PROVISIONAL_DOMAINS = ("nation", "province", "level", "field")
+
+
+async def provisional(session: AsyncSession, w: Mapping[str, Any], methodology: Methodology,
+                      domain: str) -> dict[str, Any]:
+    """Provisional indices from the additive sums: unweighted (official rule) and design-weighted
+    with the nonresponse adjustment N_h / Σ_{i∈h} w_i applied per stratum. No SE: standard
+    errors need the PSU-level data and come with a final run."""
+    wave_id = w["id"]
+    sums = (await session.execute(select(provisional_sum).where(provisional_sum.c.wave_id == wave_id))).mappings().all()
+    strata = {r["stratum"]: (r["sum_w"], r["forms"]) for r in
+              (await session.execute(select(provisional_stratum).where(provisional_stratum.c.wave_id == wave_id))).mappings()}
+    sizes = await frame_sizes(session, wave_id)
+    design = compute.index_design(methodology)
+    items = design.items
+    pos = {c: j for j, c in enumerate(items)}
+    satisfied = set(design.satisfied)
+    agg = methodology.aggregation
+    thresholds = compute.Thresholds(agg.suppress_below, agg.unreliable_below, agg.unreliable_cv)
+    column = {"nation": None, "province": "province_code", "level": "level", "field": "field"}[domain]
+    acc: dict[str, np.ndarray] = {}  # domain code -> (4, k): Σw*y, Σw*a, #y, #a
+    for r in sums:
+        j = pos.get(r["item"])
+        if j is None:
+            continue
+        code = compute.NATION if column is None else r[column]
+        if not code:
+            continue
+        sum_w, _ = strata.get(r["stratum"], (0.0, 0))
+        size = sizes.get(r["stratum"])
+        adj = size / sum_w if size is not None and sum_w > 1e-9 else 1.0
+        a = acc.setdefault(code, np.zeros((4, len(items))))
+        for v in range(1, 6):
+            wv, cv = r[f"w{v}"], r[f"c{v}"]
+            a[1, j] += adj * wv
+            a[3, j] += cv
+            if v in satisfied:
+                a[0, j] += adj * wv
+                a[2, j] += cv
+    cells_out = []
+    for code in sorted(acc):
+        a = acc[code]
+        n_item = a[3].astype(int)
+        for wname, num, den in (("none", a[2], a[3]), ("design", a[0], a[1])):
+            ok = den > 1e-9
+            ratio = np.where(ok, num / np.where(ok, den, 1.0), np.nan)
+            for ind in compute.indicators_for(design, items, ok, with_items=True):
+                if ind.coef is None:
+                    value, n = None, 0
+                else:
+                    value = float(ind.coef[ind.coef != 0] @ ratio[ind.coef != 0])
+                    n = int(n_item[ind.coef != 0].max())
+                cells_out.append(compute.make_cell(domain, code, ind.indicator, ind.code, wname, value, None, n,
+                                                   None, thresholds))
+    forms = sum(f for _, f in strata.values())
+    return {"wave_id": wave_id, "methodology_version": methodology.id, "domain": domain, "accepted_forms": int(forms),
+            "cells": cells_out}
