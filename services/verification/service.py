@@ -43,7 +43,7 @@ from shared.contracts.sampling import SampleDrawn, SampledUnit, UnitReplaced
 from shared.contracts.survey import DataEntryCompared, FormStatusChanged, ResponseSubmitted
 from shared.contracts.verification import CorrectionRequested, ResponseAccepted, ResponseRejected
 from shared.db import utcnow
-from shared.errors import Conflict, InvalidState, NotFound, Unprocessable
+from shared.errors import BadRequest, Conflict, InvalidState, NotFound
 from shared.methodology import Methodology, fetch_methodology
 from shared.outbox import add_event
 
@@ -148,7 +148,7 @@ async def publish_decision(
     ``reverses=True`` and must say why."""
     reverses = form.published is not None and form.published != kind
     if reverses and not reason:
-        raise Unprocessable("A reversal of a published decision needs a reason.")
+        raise BadRequest("A reversal of a published decision needs a reason (field `reason`).")
     response = None
     if form.response_id is not None:
         response = await session.scalar(

@@ -195,11 +195,13 @@ async def decisions(stack, wave_id: str | None = None, form_code: str | None = N
     return out
 
 
-async def outbox_types(stack) -> list[str]:
+async def outbox_envelopes(stack, event_type: str) -> list[dict]:
     app = stack.apps["verification"]
     outbox = app.state.tables["outbox"]
     async with app.state.sessions() as session:
-        return list((await session.scalars(select(outbox.c.type).order_by(outbox.c.seq))).all())
+        return list((await session.scalars(
+            select(outbox.c.envelope).where(outbox.c.type == event_type).order_by(outbox.c.seq)
+        )).all())
 
 
 def accepted_set(events: list[dict]) -> set[str]:

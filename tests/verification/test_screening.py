@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
+
 import uuid
 
 from tests.conftest import eventually
 from tests.verification.helpers import Wave, accepted_set, decisions, good_answers, methodology
+
+# One stack per module (tests/verification/conftest.py): tests share its event loop.
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
 async def test_clean_response_is_accepted_with_design_fields_and_redelivery_changes_nothing(stack, clients):
