@@ -125,3 +125,63 @@ async def test_a_response_that_arrives_before_its_sample_is_accepted_once_the_sa
     events = await decisions(stack, wave.wave_id)
     assert [e["type"] for e in events] == ["rejected", "accepted"]
     assert accepted_set(events) == {wave.form_code(unit)}
+
+
+async def test_replaced_unit_leaves_the_sample_and_its_replacement_joins(stack, clients):
+    ministry = await clients.key("ministry")
+    wave = Wave(stack, clients)
+    await wave.create()
+    m = await methodology(stack)
+    gone = wave.new_unit()
+    await wave.draw([gone])
+    reserve = wave.new_unit(stratum=gone.stratum)
+    reserve = reserve.model_copy(update={"pi": 0.04, "weight": 25.0})
+    await wave.replace(gone, reserve)
+    await wave.submit(reserve, good_answers(m))
+    f = await wave.settled(reserve, ministry, published="accepted")
+    assert f["form"]["unit_id"] == str(reserve.unit_id)
+    await wave.submit(gone, good_answers(m))
+    f = await wave.settled(gone, ministry, state="rejected")
+    assert f["responses"][0]["findings"][0] == {
+        "rule": "not_in_sample", "outcome": "reject", "parameters": {}, "detail": {"unit_replaced": True}
+    }
+    [accepted] = [e for e in await decisions(stack, wave.wave_id) if e["type"] == "accepted"]
+    assert (accepted["weight"], accepted["pi"]) == (25.0, 0.04)
+
+
+async def test_entry_verification_reports_disagreements_and_operator_mismatch_rates(stack, clients):
+    ministry = await clients.key("ministry")
+    wave = Wave(stack, clients)
+    await wave.create()
+    a, b, c = wave.new_unit("01"), wave.new_unit("01"), wave.new_unit("79")
+    await wave.draw([a, b, c])
+    await wave.compared(a, ["op1", "op2"], [])
+    await wave.compared(b, ["op1", "op3"], ["q1", "q7"])
+    await wave.compared(c, ["op2", "op3", "op4"], ["q3"], resolved=True)
+    url = f"/v1/waves/{wave.wave_id}/entry-verification"
+
+    async def all_in():
+        r = await clients.verification.get(url, headers=ministry)
+        assert r.status_code == 200 and r.json()["forms_compared"] == 3, r.text
+        return r.json()
+
+    report = await eventually(all_in)
+    assert report["forms_with_disagreements"] == 2
+    assert [d["form_code"] for d in report["unresolved"]] == [wave.form_code(b)]
+    rates = {o["operator"]: o for o in report["operators"]}
+    assert (rates["op1"]["forms"], rates["op1"]["forms_with_disagreements"], rates["op1"]["mismatch_rate"]) == (2, 1, 0.5)
+    assert rates["op3"]["mismatch_rate"] == 1.0 and rates["op3"]["items_disagreed"] == 3
+    assert rates["op2"]["mismatch_rate"] == 0.5
+    # A province team sees its own province only.
+    hanoi = await clients.key("province", "01")
+    own = (await clients.verification.get(url, headers=hanoi)).json()
+    assert own["forms_compared"] == 2 and "op4" not in {o["operator"] for o in own["operators"]}
+    assert (await clients.verification.get(url + "?province_code=79", headers=hanoi)).status_code == 404
+    # A later report of the same form replaces the earlier one (a third entry resolved it).
+    await wave.compared(b, ["op1", "op3", "op5"], ["q1", "q7"], resolved=True)
+
+    async def resolved():
+        r = (await clients.verification.get(url, headers=ministry)).json()
+        assert r["unresolved"] == [] and r["forms_compared"] == 3
+
+    await eventually(resolved)
