@@ -13,7 +13,7 @@ from shared import audit
 from shared.auth import Principal, Role, SCOPED_ROLES, ensure_province_visible, ensure_province_writable
 from shared.contracts.sampling import WaveCreated, WaveUpdated
 from shared.db import utcnow
-from shared.errors import Conflict, Forbidden, InvalidState, NotFound
+from shared.errors import BadRequest, Conflict, Forbidden, InvalidState, NotFound
 from shared.outbox import add_event
 
 # Status moves forward only; ``sampled`` is reached by drawing, not by editing.
@@ -111,3 +111,70 @@ async def update_wave(
     )
     await add_event(session, tables["outbox"], _wave_event(WaveUpdated, wave))
     return wave
+
+
+# --------------------------------------------------------------------------------------------
+# Administrative maps
+
+
+async def import_units(session: AsyncSession, tables: dict[str, Table], principal: Principal, body) -> dict:
+    """Add an older or other map (e.g. 63 provinces with districts). Units already present (same
+    set, level, code) are kept as they are; the import is all or nothing."""
+    from services.sampling import units
+
+    if body.unit_set == units.CURRENT_SET:
+        raise BadRequest(f"The {units.CURRENT_SET} map comes from the vietnam-provinces package; import other maps "
+                         "under their own unit_set name.")
+    by_code = {(u.level, u.code): u for u in body.units}
+    if len(by_code) != len(body.units):
+        raise BadRequest("The import lists a unit (level, code) twice.")
+    provinces = {u.code for u in body.units if u.level == "province"}
+    parents = {u.code: u for u in body.units if u.level in ("province", "district")}
+    def province_of(u, depth: int = 0) -> str | None:
+        if u.level == "province":
+            return u.code
+        if u.province_code is not None:
+            return u.province_code
+        parent = parents.get(u.parent_code) if u.parent_code else None
+        return province_of(parent, depth + 1) if parent is not None and depth < 3 else None
+
+    rows, problems = [], []
+    for u in body.units:
+        province = province_of(u)
+        if province is None or province not in provinces:
+            problems.append(f"{u.level} {u.code}: province unknown (give province_code or a parent in the import)")
+            continue
+        rows.append(dict(unit_set=body.unit_set, level=u.level, code=u.code, name=units.nfc(u.name),
+                         parent_code=u.parent_code, province_code=province, valid_from=body.valid_from,
+                         valid_to=body.valid_to))
+    if problems:
+        raise BadRequest(f"{len(problems)} units cannot be placed; nothing was imported.", problems=problems[:50])
+    added = await units.upsert_units(session, rows)
+    await audit.record(session, tables["audit_log"], principal, "units.import", "unit_set", body.unit_set,
+                       details={"received": len(rows), "added": added})
+    return {"unit_set": body.unit_set, "received": len(rows), "added": added}
+
+
+async def import_crosswalk(session: AsyncSession, tables: dict[str, Table], principal: Principal, body) -> dict:
+    """Old→new links between two maps; every code must exist in its map (all or nothing)."""
+    from services.sampling import units
+    from services.sampling.models import admin_unit
+
+    known: dict[str, set[tuple[str, str]]] = {}
+    for name in {body.from_set, body.to_set}:
+        rows = await session.execute(
+            select(admin_unit.c.level, admin_unit.c.code).where(admin_unit.c.unit_set == name)
+        )
+        known[name] = {(lvl, code) for lvl, code in rows.all()}
+    unknown = [f"{body.from_set} {link.from_level} {link.from_code}" for link in body.links
+               if (link.from_level, link.from_code) not in known[body.from_set]]
+    unknown += [f"{body.to_set} {link.to_level} {link.to_code}" for link in body.links
+                if (link.to_level, link.to_code) not in known[body.to_set]]
+    if unknown:
+        raise BadRequest(f"{len(unknown)} links name units that are not in their map; nothing was imported.",
+                         unknown=sorted(set(unknown))[:50])
+    rows = [dict(from_set=body.from_set, to_set=body.to_set, **link.model_dump()) for link in body.links]
+    added = await units.add_crosswalk(session, rows)
+    await audit.record(session, tables["audit_log"], principal, "crosswalk.import", "crosswalk",
+                       f"{body.from_set}->{body.to_set}", details={"received": len(rows), "added": added})
+    return {"unit_set": body.to_set, "received": len(rows), "added": added}

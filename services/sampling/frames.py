@@ -1,0 +1,535 @@
+"""Sampling frames (khung mẫu): records pushed in batches or uploaded as CSV, checked one by one.
+
+Two kinds: *transaction* frames (people and organisations who received the result of an
+administrative procedure, from the provincial portals) and *resident* frames (residents by
+commune and village). A record's identity is (wave, transaction id / person id), which is the
+table's primary key, so the same record pushed twice is one record. Contacts go to a table of
+their own (``frame_contact``); nothing else in the service reads it except the contacts endpoint.
+
+One ingestion path serves the JSON batch API and the CSV upload: records are validated, checked
+against the wave's administrative units, deduplicated against the batch and the frame, and
+written with bulk ``executemany`` inserts in chunks (ON CONFLICT DO NOTHING keeps a concurrent
+push of the same records harmless). Everything of one request happens in one transaction: a
+request that fails (a CSV that is not UTF-8, a malformed header) stores nothing.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import datetime as dt
+import hashlib
+import io
+import json
+import unicodedata
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError, model_validator
+from sqlalchemy import func, select, tuple_, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.sampling import units
+from services.sampling.metrics import FRAME_RECORDS
+from services.sampling.models import Wave, frame, frame_batch, frame_contact, frame_record
+from shared import audit
+from shared.auth import Principal, Role, SCOPED_ROLES, ensure_province_visible
+from shared.db import utcnow
+from shared.errors import Conflict, Forbidden, InvalidState, NotFound, PayloadTooLarge, Unprocessable
+
+FrameKind = Literal["transaction", "resident"]
+MAX_ERRORS = 1000  # a report lists at most this many record errors (counts stay exact)
+CHUNK = 2000  # records per bulk insert
+
+Key = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,99}$")]
+Province = Annotated[str, StringConstraints(pattern=r"^[0-9]{2}$")]
+Commune = Annotated[str, StringConstraints(pattern=r"^[0-9]{5}$")]
+Short = Annotated[str, StringConstraints(min_length=1, max_length=60)]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+Phone = Annotated[str, StringConstraints(pattern=r"^\+?[0-9 .()-]{6,40}$")]
+Email = Annotated[str, StringConstraints(pattern=r"^[^@\s]{1,100}@[^@\s]{1,99}$")]
+
+
+def _nfc_strings(data: Any) -> Any:
+    """Vietnamese text may arrive decomposed (NFD, e.g. from macOS): store it composed (NFC), so
+    the same name always has the same bytes, sorts and hashes the same."""
+    if isinstance(data, dict):
+        out = {}
+        for k, v in data.items():
+            if isinstance(v, str):
+                v = unicodedata.normalize("NFC", v.strip())
+                v = v or None  # an empty CSV cell is a missing value
+            out[k] = v
+        return out
+    return data
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    province_code: Province
+    commune_code: Commune | None = None
+    full_name: Name | None = None
+    phone: Phone | None = None
+    email: Email | None = None
+    address: Annotated[str, StringConstraints(min_length=1, max_length=500)] | None = None
+
+    _normalise = model_validator(mode="before")(classmethod(lambda cls, data: _nfc_strings(data)))
+
+    def contact(self) -> dict[str, Any] | None:
+        values = dict(full_name=self.full_name, phone=self.phone, email=self.email, address=self.address)
+        return values if any(values.values()) else None
+
+
+class TransactionRecord(_Record):
+    """One administrative transaction whose result was delivered (TTHC đã trả kết quả)."""
+
+    transaction_id: Key
+    procedure_code: Short
+    field: Annotated[str, StringConstraints(min_length=1, max_length=100)]
+    level: Literal["central", "province", "district", "commune"]
+    agency: Name | None = None
+    received_on: dt.date | None = None
+    result_on: dt.date | None = None
+    respondent_type: Literal["citizen", "organisation"]
+
+    @model_validator(mode="after")
+    def _dates(self) -> "TransactionRecord":
+        if self.received_on and self.result_on and self.result_on < self.received_on:
+            raise ValueError("result_on is before received_on")
+        return self
+
+    @property
+    def key(self) -> str:
+        return self.transaction_id
+
+    def row(self) -> dict[str, Any]:
+        return dict(province_code=self.province_code, commune_code=self.commune_code, village_code=None,
+                    household_id=None, procedure_code=self.procedure_code, field=self.field, level=self.level,
+                    agency=self.agency, received_on=self.received_on, result_on=self.result_on,
+                    respondent_type=self.respondent_type)
+
+
+class ResidentRecord(_Record):
+    """One resident aged 18+ of a village (thôn, tổ dân phố)."""
+
+    person_id: Key
+    commune_code: Commune
+    village_code: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,39}$")]
+    household_id: Annotated[str, StringConstraints(min_length=1, max_length=60)] | None = None
+
+    @property
+    def key(self) -> str:
+        return self.person_id
+
+    def row(self) -> dict[str, Any]:
+        return dict(province_code=self.province_code, commune_code=self.commune_code, village_code=self.village_code,
+                    household_id=self.household_id, procedure_code=None, field=None, level=None, agency=None,
+                    received_on=None, result_on=None, respondent_type="citizen")
+
+
+RECORD_MODELS: dict[str, type[_Record]] = {"transaction": TransactionRecord, "resident": ResidentRecord}
+KEY_FIELD = {"transaction": "transaction_id", "resident": "person_id"}
+RECORD_COLUMNS = ("province_code", "commune_code", "village_code", "household_id", "procedure_code", "field",
+                  "level", "agency", "received_on", "result_on", "respondent_type")
+CSV_COLUMNS = {kind: tuple(model.model_fields) for kind, model in RECORD_MODELS.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# access and state checks
+
+
+async def _wave_for_frame(session: AsyncSession, principal: Principal, wave_id: str) -> Wave:
+    wave = await session.get(Wave, wave_id)
+    if wave is None:
+        raise NotFound(f"No wave {wave_id}.")
+    ensure_province_visible(principal, wave.province_code, "wave")
+    return wave
+
+
+def _check_manager(principal: Principal, wave: Wave) -> None:
+    """Who runs a wave's frame (closing it, designing, drawing): the ministry, or the province
+    for its own provincial wave."""
+    if principal.role in (Role.ministry, Role.service):
+        return
+    if principal.role == Role.province and wave.province_code is not None and wave.province_code == principal.province_code:
+        return
+    raise Forbidden("Only the ministry, or the province for its own provincial wave, may do this.")
+
+
+async def _open_frame(session: AsyncSession, wave: Wave, kind: str) -> dict:
+    if wave.status != "frame_open":
+        raise InvalidState(f"The wave is {wave.status}: frames are accepted only while it is frame_open.")
+    row = (await session.execute(select(frame).where(frame.c.wave_id == wave.id))).mappings().first()
+    if row is None:
+        try:
+            async with session.begin_nested():
+                await session.execute(frame.insert().values(wave_id=wave.id, kind=kind, status="open",
+                                                            record_count=0, opened_at=utcnow()))
+        except IntegrityError:
+            pass  # created concurrently by another push
+        row = (await session.execute(select(frame).where(frame.c.wave_id == wave.id))).mappings().first()
+    if row["kind"] != kind:
+        raise Conflict(f"This wave's frame holds {row['kind']} records, not {kind} records.")
+    if row["status"] != "open":
+        raise InvalidState("The frame is closed: no more records are accepted.")
+    return dict(row)
+
+
+# --------------------------------------------------------------------------------------------
+# ingestion (shared by JSON batches and CSV uploads)
+
+
+@dataclass
+class Ingest:
+    """The running state of one push or upload."""
+
+    wave: Wave
+    kind: str
+    principal: Principal
+    index: units.UnitIndex
+    received: int = 0
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    errors: list[dict] = field(default_factory=list)
+    seen: dict[str, tuple] = field(default_factory=dict)
+
+    def error(self, index: int, key: str | None, problems: list[str]) -> None:
+        self.rejected += 1
+        if len(self.errors) < MAX_ERRORS:
+            self.errors.append({"index": index, "record_key": key, "problems": problems})
+
+    def report(self, batch_id: str) -> dict:
+        return dict(batch_id=batch_id, kind=self.kind, received=self.received, accepted=self.accepted,
+                    duplicates=self.duplicates, rejected=self.rejected,
+                    errors=sorted(self.errors, key=lambda e: e["index"]),
+                    errors_truncated=self.rejected > len(self.errors), replayed=False)
+
+
+def _problems(exc: ValidationError) -> list[str]:
+    # Field names and rule messages only: never echo a value (it may be a name or a phone).
+    return [f"{'.'.join(str(p) for p in e['loc']) or 'record'}: {e['msg']}" for e in exc.errors()]
+
+
+async def ingest_chunk(session: AsyncSession, state: Ingest, raw: list[tuple[int, Any]]) -> None:
+    """Validate and store up to a few thousand records (index, raw dict)."""
+    model = RECORD_MODELS[state.kind]
+    key_field = KEY_FIELD[state.kind]
+    valid: dict[str, tuple[int, dict, dict | None]] = {}
+    for index, item in raw:
+        state.received += 1
+        key = item.get(key_field) if isinstance(item, dict) else None
+        key = key if isinstance(key, str) else None
+        if not isinstance(item, dict):
+            state.error(index, None, ["record: must be an object"])
+            continue
+        try:
+            rec = model.model_validate(item)
+        except ValidationError as exc:
+            state.error(index, key, _problems(exc))
+            continue
+        unit_problem = state.index.problem(rec.province_code, rec.commune_code)
+        if unit_problem:
+            state.error(index, rec.key, [unit_problem])
+            continue
+        if state.principal.role in SCOPED_ROLES and rec.province_code != state.principal.province_code:
+            state.error(index, rec.key, [f"province_code: this key may push records of province "
+                                         f"{state.principal.province_code} only"])
+            continue
+        if state.wave.province_code is not None and rec.province_code != state.wave.province_code:
+            state.error(index, rec.key, [f"province_code: the wave covers province {state.wave.province_code} only"])
+            continue
+        row = rec.row()
+        content = tuple(row[c] for c in RECORD_COLUMNS)
+        earlier = state.seen.get(rec.key) if rec.key in state.seen else None
+        if earlier is None and rec.key in valid:
+            earlier = tuple(valid[rec.key][1][c] for c in RECORD_COLUMNS)
+        if earlier is not None:
+            if earlier == content:
+                state.duplicates += 1
+            else:
+                state.error(index, rec.key, ["record_key: appears twice in this upload with different content"])
+            continue
+        valid[rec.key] = (index, row, rec.contact())
+    if not valid:
+        return
+    wave_id = state.wave.id
+    keys = list(valid)
+    existing: dict[str, tuple] = {}
+    cols = [frame_record.c.record_key] + [frame_record.c[c] for c in RECORD_COLUMNS]
+    for start in range(0, len(keys), 500):
+        part = keys[start : start + 500]
+        rows = await session.execute(
+            select(*cols).where(frame_record.c.wave_id == wave_id, frame_record.c.record_key.in_(part))
+        )
+        for r in rows.all():
+            existing[r[0]] = tuple(r[1:])
+    records, contacts = [], []
+    for key, (index, row, contact) in valid.items():
+        if key in existing:
+            if existing[key] == tuple(row[c] for c in RECORD_COLUMNS):
+                state.duplicates += 1
+            else:
+                state.error(index, key, ["record_key: already in the frame with different content"])
+            continue
+        records.append({"wave_id": wave_id, "record_key": key, **row})
+        if contact:
+            contacts.append({"wave_id": wave_id, "record_key": key, **contact})
+        state.seen[key] = tuple(row[c] for c in RECORD_COLUMNS)
+    if len(state.seen) > 200_000:  # in-upload duplicate check: bounded memory, the DB check remains
+        state.seen.clear()
+    if records:
+        conn = await session.connection()
+        rec_stmt = units.insert_for(session, frame_record).on_conflict_do_nothing(index_elements=["wave_id", "record_key"])
+        await conn.execute(rec_stmt, records)
+        if contacts:
+            con_stmt = units.insert_for(session, frame_contact).on_conflict_do_nothing(
+                index_elements=["wave_id", "record_key"]
+            )
+            await conn.execute(con_stmt, contacts)
+        state.accepted += len(records)
+
+
+def _batch_scope(principal: Principal) -> str:
+    """Batch ids are a portal's own: two provinces may both send batch "2026-08-01"."""
+    return principal.province_code or "*"
+
+
+async def _stored_batch(session: AsyncSession, wave_id: str, scope: str, batch_id: str) -> dict | None:
+    row = (
+        await session.execute(
+            select(frame_batch.c.payload_hash, frame_batch.c.report).where(
+                frame_batch.c.wave_id == wave_id, frame_batch.c.province_code == scope, frame_batch.c.batch_id == batch_id
+            )
+        )
+    ).first()
+    return None if row is None else {"payload_hash": row[0], "report": row[1]}
+
+
+def _replay(stored: dict, payload_hash: str, batch_id: str) -> dict:
+    if stored["payload_hash"] != payload_hash:
+        raise Conflict(f"Batch {batch_id} was already received with different content.", batch_id=batch_id)
+    return {**stored["report"], "replayed": True}
+
+
+async def _finish(session: AsyncSession, tables, state: Ingest, scope: str, batch_id: str, source: str,
+                  payload_hash: str) -> dict:
+    report = state.report(batch_id)
+    try:
+        async with session.begin_nested():
+            await session.execute(frame_batch.insert().values(
+                wave_id=state.wave.id, province_code=scope, batch_id=batch_id, source=source,
+                payload_hash=payload_hash, report=report, actor=state.principal.actor, created_at=utcnow()))
+    except IntegrityError as exc:
+        raise Conflict(f"Batch {batch_id} is being received by another request; send it again for its report.") from exc
+    await session.execute(
+        update(frame).where(frame.c.wave_id == state.wave.id).values(record_count=frame.c.record_count + state.accepted)
+    )
+    for outcome, n in (("accepted", state.accepted), ("duplicate", state.duplicates), ("rejected", state.rejected)):
+        if n:
+            FRAME_RECORDS.labels("sampling", outcome).inc(n)
+    await audit.record(session, tables["audit_log"], state.principal, "frame.batch", "frame", state.wave.id,
+                       wave_id=state.wave.id, details={"batch_id": batch_id, "source": source, "kind": state.kind,
+                                                       "received": state.received, "accepted": state.accepted,
+                                                       "duplicates": state.duplicates, "rejected": state.rejected})
+    return report
+
+
+async def push_batch(session: AsyncSession, tables, principal: Principal, wave_id: str, kind: str,
+                     batch_id: str, records: list[Any]) -> dict:
+    from services.sampling.schemas import MAX_BATCH
+
+    if len(records) > MAX_BATCH:
+        raise PayloadTooLarge(f"A batch holds at most {MAX_BATCH} records; this one has {len(records)}. "
+                              "Split it, or upload a CSV file.", limit=MAX_BATCH)
+    wave = await _wave_for_frame(session, principal, wave_id)
+    scope = _batch_scope(principal)
+    payload_hash = hashlib.sha256(
+        json.dumps(records, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str).encode()
+    ).hexdigest()
+    stored = await _stored_batch(session, wave.id, scope, batch_id)
+    if stored is not None:
+        return _replay(stored, payload_hash, batch_id)
+    await _open_frame(session, wave, kind)
+    state = Ingest(wave, kind, principal, await units.load_index(session, wave.unit_set))
+    for start in range(0, len(records), CHUNK):
+        await ingest_chunk(session, state, list(enumerate(records[start : start + CHUNK], start=start)))
+    return await _finish(session, tables, state, scope, batch_id, "api", payload_hash)
+
+
+# --------------------------------------------------------------------------------------------
+# CSV upload (streamed)
+
+
+async def _csv_records(chunks: AsyncIterator[bytes], hasher) -> AsyncIterator[list[list[str]]]:
+    """Decode a streamed UTF-8 CSV and yield parsed rows in groups, never holding the file.
+
+    A record may span lines (a quoted address with a newline): lines are grouped until their
+    quotes balance before parsing. A byte sequence that is not UTF-8 stops the upload with a
+    clear problem (the whole request is rolled back).
+    """
+    decoder = codecs.getincrementaldecoder("utf-8-sig")(errors="strict")
+    pending = ""
+    offset = 0
+
+    def parse(text: str) -> list[list[str]]:
+        return list(csv.reader(io.StringIO(text), strict=True))
+
+    def decode(data: bytes, final: bool = False) -> str:
+        try:
+            return decoder.decode(data, final)
+        except UnicodeDecodeError as exc:
+            raise Unprocessable(
+                f"The file is not UTF-8 (invalid byte at offset {offset + exc.start}). Save it as "
+                "'CSV UTF-8' and upload it again; nothing was stored.", encoding="utf-8"
+            ) from None
+
+    async for data in chunks:
+        hasher.update(data)
+        text = pending + decode(data)
+        offset += len(data)
+        cut = text.rfind("\n")
+        if cut < 0:
+            pending = text
+            continue
+        complete, pending = text[: cut + 1], text[cut + 1 :]
+        if complete.count('"') % 2:  # a quoted field continues past the last newline
+            pending = complete + pending
+            continue
+        yield _safe_parse(parse, complete)
+    tail = pending + decode(b"", True)
+    if tail.strip():
+        yield _safe_parse(parse, tail)
+
+
+def _safe_parse(parse, text: str) -> list[list[str]]:
+    try:
+        return parse(text)
+    except csv.Error as exc:
+        raise Unprocessable(f"The CSV file is malformed ({exc}); nothing was stored.") from None
+
+
+async def upload_csv(session: AsyncSession, tables, principal: Principal, wave_id: str, kind: str, batch_id: str,
+                     chunks: AsyncIterator[bytes]) -> dict:
+    wave = await _wave_for_frame(session, principal, wave_id)
+    scope = _batch_scope(principal)
+    hasher = hashlib.sha256()
+    stored = await _stored_batch(session, wave.id, scope, batch_id)
+    if stored is not None:
+        async for data in chunks:
+            hasher.update(data)
+        return _replay(stored, hasher.hexdigest(), batch_id)
+    await _open_frame(session, wave, kind)
+    state = Ingest(wave, kind, principal, await units.load_index(session, wave.unit_set))
+    header: list[str] | None = None
+    allowed = CSV_COLUMNS[kind]
+    row_no = 0
+    buffer: list[tuple[int, Any]] = []
+    async for rows in _csv_records(chunks, hasher):
+        for row in rows:
+            if not row or (len(row) == 1 and not row[0].strip()):
+                continue  # blank line
+            if header is None:
+                header = [h.strip() for h in row]
+                unknown = [h for h in header if h not in allowed]
+                missing = [c for c in (KEY_FIELD[kind], "province_code") if c not in header]
+                if unknown or missing or len(set(header)) != len(header):
+                    raise Unprocessable(
+                        "The CSV header does not match the frame format; nothing was stored.",
+                        unknown_columns=unknown, missing_columns=missing, allowed_columns=list(allowed),
+                    )
+                continue
+            if len(row) != len(header):
+                state.received += 1
+                state.error(row_no, None, [f"row: {len(row)} cells, the header has {len(header)}"])
+            else:
+                buffer.append((row_no, dict(zip(header, row))))
+            row_no += 1
+            if len(buffer) >= CHUNK:
+                await ingest_chunk(session, state, buffer)
+                buffer = []
+    if header is None:
+        raise Unprocessable("The CSV file is empty (no header row); nothing was stored.")
+    if buffer:
+        await ingest_chunk(session, state, buffer)
+    return await _finish(session, tables, state, scope, batch_id, "csv", hasher.hexdigest())
+
+
+# --------------------------------------------------------------------------------------------
+# reading and closing
+
+
+async def frame_row(session: AsyncSession, wave_id: str) -> dict | None:
+    row = (await session.execute(select(frame).where(frame.c.wave_id == wave_id))).mappings().first()
+    return dict(row) if row else None
+
+
+async def read_frame(session: AsyncSession, principal: Principal, wave_id: str) -> dict:
+    wave = await _wave_for_frame(session, principal, wave_id)
+    row = await frame_row(session, wave.id)
+    if row is None:
+        raise NotFound("This wave has no frame yet: push records while the wave is frame_open.")
+    query = (
+        select(frame_record.c.province_code, func.count())
+        .where(frame_record.c.wave_id == wave.id)
+        .group_by(frame_record.c.province_code)
+    )
+    if principal.role in SCOPED_ROLES:
+        query = query.where(frame_record.c.province_code == principal.province_code)
+    by_province = {p: n for p, n in (await session.execute(query)).all()}
+    return {**row, "by_province": by_province}
+
+
+def ordered_by_key(session: AsyncSession, column):
+    """ORDER BY in code-point order on both backends (PostgreSQL's default collation is a
+    locale's, which orders differently from one machine to the next)."""
+    if session.bind is not None and session.bind.dialect.name == "postgresql":
+        return column.collate("C")
+    return column
+
+
+def _fingerprint_line(key: str, values: Iterable[Any]) -> bytes:
+    cells = [key] + [v.isoformat() if isinstance(v, dt.date) else v for v in values]
+    return (json.dumps(cells, ensure_ascii=True, separators=(",", ":")) + "\n").encode("ascii")
+
+
+async def fingerprint(session: AsyncSession, wave_id: str) -> str:
+    """SHA-256 of the frame's canonical content: one JSON line per record, in code-point order of
+    the record key, with every frame column (contacts excluded: they do not affect the draw and
+    the observers who compare fingerprints may not see them)."""
+    hasher = hashlib.sha256(b"sipas-frame/1\n")
+    cols = [frame_record.c.record_key] + [frame_record.c[c] for c in RECORD_COLUMNS]
+    result = await session.stream(
+        select(*cols).where(frame_record.c.wave_id == wave_id).order_by(ordered_by_key(session, frame_record.c.record_key)),
+        execution_options={"yield_per": 10_000},
+    )
+    async for part in result.partitions():
+        hasher.update(b"".join(_fingerprint_line(r[0], r[1:]) for r in part))
+    return hasher.hexdigest()
+
+
+async def close_frame(session: AsyncSession, tables, principal: Principal, wave_id: str) -> dict:
+    wave = await _wave_for_frame(session, principal, wave_id)
+    _check_manager(principal, wave)
+    row = await frame_row(session, wave.id)
+    if row is None:
+        raise InvalidState("This wave has no frame to close.")
+    if row["status"] == "closed":
+        return await read_frame(session, principal, wave_id)
+    count = await session.scalar(select(func.count()).select_from(frame_record).where(frame_record.c.wave_id == wave.id))
+    digest = await fingerprint(session, wave.id)
+    result = await session.execute(
+        update(frame).where(frame.c.wave_id == wave.id, frame.c.status == "open")
+        .values(status="closed", fingerprint=digest, record_count=count, closed_at=utcnow())
+    )
+    if result.rowcount != 1:
+        raise Conflict("The frame was closed concurrently.")
+    await audit.record(session, tables["audit_log"], principal, "frame.close", "frame", wave.id, wave_id=wave.id,
+                       details={"records": count, "fingerprint": digest})
+    return await read_frame(session, principal, wave_id)
+
+
+__all__ = ["push_batch", "upload_csv", "read_frame", "close_frame", "fingerprint", "CSV_COLUMNS", "tuple_"]
