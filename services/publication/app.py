@@ -50,8 +50,9 @@ SPEC = ServiceSpec(
 
 
 class RequestSizeLimit:
-    """Refuse request bodies over ``max_request_bytes`` with 413 before reading them (declared
-    length), and stop reading a chunked body once it passes the limit."""
+    """Refuse request bodies over ``max_request_bytes`` with 413: at once when the declared
+    length is over; a body without a declared length (chunked) is read up to the limit first
+    (bodies here are small) and refused as soon as it passes it."""
 
     def __init__(self, app, settings: PublicationSettings) -> None:
         self.app = app
@@ -62,28 +63,43 @@ class RequestSizeLimit:
             await self.app(scope, receive, send)
             return
         limit = self.settings.tuning.max_request_bytes
-        too_large = PayloadTooLarge(f"Request bodies are limited to {limit} bytes.")
+        too_large = problem_response(PayloadTooLarge(f"Request bodies are limited to {limit} bytes."))
+        declared = None
         for name, value in scope.get("headers") or []:
             if name == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    declared = 0
-                if declared > limit:
-                    await problem_response(too_large)(scope, receive, send)
-                    return
-        seen = 0
-
-        async def limited_receive():
-            nonlocal seen
+                declared = int(value) if value.isdigit() else None
+        if declared is not None:
+            if declared > limit:
+                await too_large(scope, receive, send)
+                return
+            await self.app(scope, receive, send)
+            return
+        if scope.get("method") in ("GET", "HEAD", "OPTIONS", "DELETE"):
+            await self.app(scope, receive, send)
+            return
+        chunks, seen = [], 0
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > limit:
-                    raise too_large
-            return message
+            if message["type"] != "http.request":
+                break
+            chunks.append(message.get("body", b""))
+            seen += len(chunks[-1])
+            if seen > limit:
+                await too_large(scope, receive, send)
+                return
+            if not message.get("more_body"):
+                break
+        body = b"".join(chunks)
+        replayed = False
 
-        await self.app(scope, limited_receive, send)
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
 
 
 def create_app(settings: PublicationSettings | None = None, *, bus: EventBus | None = None) -> FastAPI:
@@ -92,4 +108,24 @@ def create_app(settings: PublicationSettings | None = None, *, bus: EventBus | N
     app.state.clock = utcnow  # replaceable in tests, to check an embargo to the second
     app.state.rate_limiter = RateLimiter()
     app.add_middleware(RequestSizeLimit, settings=settings)
+    _anonymous_public_operations(app)
     return app
+
+
+def _anonymous_public_operations(app: FastAPI) -> None:
+    """Declare the public operations' key as optional (``security: [{}, {APIKeyHeader: []}]``):
+    anyone may call them; a key only lifts the anonymous rate limit. Generated clients then
+    need no credentials for them."""
+    build = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            doc = build()
+            for path, operations in doc["paths"].items():
+                if path.startswith("/v1/public/"):
+                    for operation in operations.values():
+                        operation["security"] = [{}, {"APIKeyHeader": []}]
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    app.openapi = openapi
