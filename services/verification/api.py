@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import PlainTextResponse, Response
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 
 from services.verification import contacts, reports, service
 from services.verification.models import BackCheck, BackCheckDraw, Decision, Form, FormHistory
@@ -40,6 +41,7 @@ from services.verification.schemas import (
 )
 from shared import audit
 from shared.auth import KEY_HEADER, CurrentPrincipal, Principal, Role, SCOPED_ROLES, ensure_province_visible, require_roles
+from shared.errors import Conflict
 from shared.methodology import fetch_methodology
 from shared.service import read_session, unit_of_work
 
@@ -83,11 +85,14 @@ async def get_parameters(wave_id: str, request: Request, principal: Reader) -> S
 async def update_parameters(
     wave_id: str, body: ScreeningParametersUpdate, request: Request, principal: Ministry
 ) -> ScreeningParametersResult:
-    async with unit_of_work(request) as session:
-        wave = await service.get_wave(session, wave_id)
-        values, overrides, version, summary = await service.update_parameters(
-            request.app, session, request.app.state.tables, principal, wave_id, body
-        )
+    try:
+        async with unit_of_work(request) as session:
+            wave = await service.get_wave(session, wave_id)
+            values, overrides, version, summary = await service.update_parameters(
+                request.app, session, request.app.state.tables, principal, wave_id, body
+            )
+    except IntegrityError as exc:  # a concurrent first override of the same wave won
+        raise Conflict("The parameters changed meanwhile; read them again and retry.") from exc
     return ScreeningParametersResult(
         parameters=ScreeningParametersRead(wave_id=wave_id, methodology_version=wave["methodology_version"],
                                            parameters=ScreeningParameterValues(**values), overrides=overrides,
@@ -157,10 +162,14 @@ async def get_form(wave_id: str, form_code: str, request: Request, principal: Re
 @router.post("/forms/{form_code}/review", response_model=FormRead,
              summary="Accept, reject, send back for correction, or comment on a form")
 async def review_form(wave_id: str, form_code: str, body: ReviewAction, request: Request, principal: Reviewer) -> FormRead:
-    async with unit_of_work(request) as session:
-        await _visible_wave(session, principal, wave_id)
-        form = await service.review(request.app, session, request.app.state.tables, principal, wave_id, form_code, body)
-        result = FormRead.model_validate(form)
+    try:
+        async with unit_of_work(request) as session:
+            await _visible_wave(session, principal, wave_id)
+            form = await service.review(request.app, session, request.app.state.tables, principal, wave_id,
+                                        form_code, body)
+            result = FormRead.model_validate(form)
+    except IntegrityError as exc:  # a concurrent decision on the same form took this version
+        raise Conflict("The form changed meanwhile; read it again and retry.") from exc
     return result
 
 
@@ -170,9 +179,12 @@ async def review_form(wave_id: str, form_code: str, body: ReviewAction, request:
 @router.post("/back-check-draws", response_model=DrawRead, status_code=201, tags=["back-checks"],
              summary="Draw a province's back-check list (seeded, reproducible)")
 async def draw_back_check(wave_id: str, body: DrawRequest, request: Request, principal: Reviewer) -> DrawRead:
-    async with unit_of_work(request) as session:
-        record = await service.draw(request.app, session, request.app.state.tables, principal, wave_id, body)
-        result = DrawRead.model_validate({**record.model_dump(), "wave_id": wave_id})
+    try:
+        async with unit_of_work(request) as session:
+            record = await service.draw(request.app, session, request.app.state.tables, principal, wave_id, body)
+            result = DrawRead.model_validate({**record.model_dump(), "wave_id": wave_id})
+    except IntegrityError as exc:  # a concurrent draw of the same province won
+        raise Conflict(f"Province {body.province_code} of this wave was drawn already.") from exc
     return result
 
 
@@ -214,12 +226,15 @@ async def list_back_checks(
 async def record_outcome(
     wave_id: str, form_code: str, body: OutcomeRecord, request: Request, principal: BackChecker
 ) -> OutcomeResult:
-    async with unit_of_work(request) as session:
-        await _visible_wave(session, principal, wave_id)
-        check, voided, escalated = await service.record_outcome(
-            request.app, session, request.app.state.tables, principal, wave_id, form_code, body
-        )
-        item = BackCheckItem.model_validate(check.model_dump())
+    try:
+        async with unit_of_work(request) as session:
+            await _visible_wave(session, principal, wave_id)
+            check, voided, escalated = await service.record_outcome(
+                request.app, session, request.app.state.tables, principal, wave_id, form_code, body
+            )
+            item = BackCheckItem.model_validate(check.model_dump())
+    except IntegrityError as exc:
+        raise Conflict("The form changed meanwhile; read it again and retry.") from exc
     return OutcomeResult(back_check=item, voided=voided, enumerator_escalated=escalated)
 
 

@@ -599,8 +599,13 @@ async def rerun(
 # ---------------------------------------------------------------------- review
 
 
-async def get_form(session: AsyncSession, principal: Principal, wave_id: str, form_code: str) -> Form:
-    form = await session.scalar(select(Form).where(Form.wave_id == wave_id, Form.form_code == form_code))
+async def get_form(
+    session: AsyncSession, principal: Principal, wave_id: str, form_code: str, *, for_update: bool = False
+) -> Form:
+    query = select(Form).where(Form.wave_id == wave_id, Form.form_code == form_code)
+    if for_update:  # a review serialises with other changes of the form (row lock on PostgreSQL)
+        query = query.with_for_update()
+    form = await session.scalar(query)
     if form is None:
         raise NotFound(f"No form {form_code} in wave {wave_id}.")
     ensure_province_visible(principal, form.province_code, "form")
@@ -612,7 +617,7 @@ async def review(
     form_code: str, body: ReviewAction,
 ) -> Form:
     wave = await get_wave(session, wave_id)
-    form = await get_form(session, principal, wave_id, form_code)
+    form = await get_form(session, principal, wave_id, form_code, for_update=True)
     ensure_province_writable(principal, form.province_code, "form")
     ensure_open(wave)
     state = form.state
@@ -748,6 +753,10 @@ async def record_outcome(
     wave = await get_wave(session, wave_id)
     form = await session.scalar(select(Form).where(Form.wave_id == wave_id, Form.form_code == form_code))
     check = await session.scalar(select(BackCheck).where(BackCheck.wave_id == wave_id, BackCheck.form_code == form_code))
+    if form is not None:  # voiding and escalation change the form: serialise with reviews
+        form = await session.scalar(
+            select(Form).where(Form.id == form.id).with_for_update().execution_options(populate_existing=True)
+        )
     province = check.province_code if check else (form.province_code if form else None)
     if form is None and check is None:
         raise NotFound(f"No form {form_code} in wave {wave_id}.")
@@ -762,12 +771,17 @@ async def record_outcome(
             f"An outcome was recorded for {form_code} already ({check.outcome}); it is kept.",
             outcome=check.outcome, recorded_by=check.recorded_by,
         )
-    check.outcome = body.outcome
-    check.differing_items = body.items or None
-    check.note = body.note
-    check.recorded_by = principal.actor
-    check.recorded_at = utcnow()
-    await session.flush()
+    # Conditional update: of two concurrent submissions for one form only one can win (the
+    # database decides, not the check above); the other is the same 409 as a late duplicate.
+    recorded = await session.execute(
+        BackCheck.__table__.update()
+        .where(BackCheck.__table__.c.id == check.id, BackCheck.__table__.c.outcome.is_(None))
+        .values(outcome=body.outcome, differing_items=body.items or None, note=body.note,
+                recorded_by=principal.actor, recorded_at=utcnow())
+    )
+    if recorded.rowcount != 1:
+        raise Conflict(f"An outcome was recorded for {form_code} already; it is kept.")
+    await session.refresh(check)
     await audit.record(session, tables["audit_log"], principal, "back_check.outcome", "form", form_code,
                        wave_id=wave_id, reason=body.note,
                        details={"outcome": body.outcome, "items": body.items, "selected_by": check.selected_by})

@@ -229,3 +229,22 @@ async def test_back_check_list_without_contacts_says_why(stack, clients):
     finally:
         await down.aclose()
         app.state.peers["sampling"] = original
+
+
+async def test_two_concurrent_outcomes_for_one_form_one_wins_the_other_is_a_conflict(stack, clients):
+    import asyncio
+
+    ministry = await clients.key("ministry")
+    team = await clients.key("province", "01")
+    observer = await clients.key("observer")
+    wave, _ = await _collected_wave(stack, clients, ministry, {"E1": 2})
+    await _draw(clients, wave, team)
+    code = (await _list(clients, wave, team, with_contacts=False))["items"][0]["form_code"]
+    a, b = await asyncio.gather(_outcome(clients, wave, code, team, "confirmed"),
+                                _outcome(clients, wave, code, observer, "denied"))
+    assert sorted([a.status_code, b.status_code]) == [200, 409], (a.text, b.text)
+    winner = a if a.status_code == 200 else b
+    item = [i for i in (await _list(clients, wave, team, with_contacts=False))["items"] if i["form_code"] == code][0]
+    assert item["outcome"] == winner.json()["back_check"]["outcome"]
+    f = await wave.form(code, ministry)
+    assert f["form"]["voided"] is (item["outcome"] == "denied")
