@@ -1,0 +1,205 @@
+"""Survey benchmarks (issue 4).
+
+    python -m bench.survey                 # 200,000 forms pushed in 5,000-form batches; 2,000 online answers
+    python -m bench.survey --quick         # 20,000 forms, 300 online answers: a smoke run
+    python -m bench.survey --backend sqlite|postgresql|both   (default: both; PostgreSQL is skipped when unreachable)
+
+1. **Vietnam Post answer batches**: completed forms pushed through the HTTP API
+   (``POST /v1/vnpost/answer-batches``, 5,000 forms per request, in-process ASGI, one request at a
+   time), sustained over the whole run: each record validated against ``sipas-2017``, the
+   response row, the form's status move and its history, two outbox events per form
+   (``response.submitted``, ``form.status_changed``), the batch and its per-record results.
+   Baseline: a bare bulk insert of the same response rows (5,000-row executemany per
+   transaction) into a copy of the ``response`` table in the same database. Target on PostgreSQL:
+   ≥ 0.35 of the baseline's rate.
+2. **Online submissions**: ``POST /v1/online/forms/{code}/response`` one after another on one
+   core (event loop): requests per second and p99 latency.
+
+Only the survey service runs (its relay publishes to the in-process bus, which has no other
+consumer), so the figures are the service's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from bench.common import Result, parser, report
+
+PG_URL = os.environ.get("SIPAS_BENCH_DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
+BATCH = 5000
+
+
+def _answers(m, i: int) -> dict:
+    answers = {item.code: 1 + (i + j) % 5 for j, item in enumerate(m.items()) if item.type == "likert5"}
+    answers[m.expectation.code] = [o.code for o in m.expectation.options][: 1 + i % 2]
+    for q in m.profile:
+        answers[q.code] = q.options[i % len(q.options)].code
+    return answers
+
+
+async def _pg_reachable() -> bool:
+    try:
+        import asyncpg
+
+        conn = await asyncio.wait_for(asyncpg.connect(PG_URL.replace("+asyncpg", "")), 3)
+        await conn.close()
+        return True
+    except Exception:
+        return False
+
+
+async def _run(backend: str, n_forms: int, n_online: int) -> list[Result]:
+    import httpx
+    from sqlalchemy import MetaData, Table, select, text
+
+    from services.embedded import embedded_stack
+    from services.survey.documents import load_builtin
+    from services.survey.models import form, response
+    from shared.auth import Role, new_key, store_key
+    from shared.contracts.sampling import SampledUnit, SampleDrawn, StratumSummary, WaveCreated
+    from shared.events import make_event
+    from shared.settings import PlatformSettings
+
+    uid = uuid.uuid4().hex[:8]
+    tmp = Path(tempfile.mkdtemp(prefix="sipas-bench-survey-"))
+    common = dict(environment="test", data_dir=tmp, outbox_poll_seconds=0.2, log_json=False, log_level="WARNING")
+    if backend == "postgresql":
+        platform = PlatformSettings(**common, database_url=PG_URL, schema_prefix=f"bench{uid}_")
+    else:
+        platform = PlatformSettings(**common)
+    m = load_builtin("sipas-2017")
+    results: list[Result] = []
+    try:
+        async with embedded_stack(platform, services=("survey",)) as stack:
+            app = stack.apps["survey"]
+            vn = new_key(Role.vnpost, "bench vnpost")
+            async with app.state.sessions() as session, session.begin():
+                await store_key(session, app.state.tables["api_key"], vn)
+            headers = {"X-API-Key": vn.key}
+            wave_id = uuid.uuid4()
+            await stack.bus.publish(make_event(WaveCreated(
+                wave_id=wave_id, code="BENCH-2026", name="Bench", scope="national", province_code=None, year=2026,
+                methodology_version="sipas-2017", fieldwork_start=None, fieldwork_end=None, status="in_field")))
+            total = n_forms + n_online
+            units = [SampledUnit(unit_id=uuid.uuid4(), stratum=f"{i % 34:02d}-s", role="sample", order=0,
+                                 province_code=f"{i % 34:02d}", commune_code=None, psu="p", ssu=None, pi=0.01, weight=100.0)
+                     for i in range(total)]
+            chunks = -(-total // BATCH)
+            draw = uuid.uuid4()
+            await asyncio.sleep(0.2)  # the wave event first
+            for c in range(chunks):
+                await stack.bus.publish(make_event(SampleDrawn(
+                    wave_id=wave_id, draw_id=draw, methodology_version="sipas-2017", sample_hash="b", chunk=c, chunks=chunks,
+                    strata=[StratumSummary(stratum="s", population=10**6, n=total, n_reserve=0)] if c == 0 else [],
+                    units=units[c * BATCH:(c + 1) * BATCH])))
+            await stack.bus.drain()
+            async with app.state.sessions() as session:
+                codes = list((await session.scalars(select(form.c.form_code).where(form.c.wave_id == str(wave_id))
+                                                    .order_by(form.c.serial))).all())
+            assert len(codes) == total, f"{len(codes)} forms created, want {total}"
+            push_codes, online_codes = codes[:n_forms], codes[n_forms:]
+            bodies = [{"batch_id": f"bench-{uid}-{b}", "wave_id": str(wave_id),
+                       "records": [{"form_code": c, "answers": _answers(m, i), "enumerator_id": "DTV-1"}
+                                   for i, c in enumerate(push_codes[b * BATCH:(b + 1) * BATCH])]}
+                      for b in range(-(-n_forms // BATCH))]
+
+            # 1. Vietnam Post batches through the API.
+            client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://survey", timeout=600)
+            per_batch = []
+            start = time.perf_counter()
+            for body in bodies:
+                t0 = time.perf_counter()
+                r = await client.post("/v1/vnpost/answer-batches", json=body, headers=headers)
+                per_batch.append(time.perf_counter() - t0)
+                assert r.status_code == 200 and r.json()["counts"]["applied"] == len(body["records"]), r.text[:500]
+            api_seconds = time.perf_counter() - start
+            api_rate = n_forms / api_seconds
+
+            # Baseline: the same response rows, bare bulk insert into a copy of the table.
+            copy_md = MetaData()
+            bare = Table(f"response_bare_{uid}", copy_md, *[c.copy() for c in response.columns])
+            async with app.state.engine.begin() as conn:
+                await conn.run_sync(copy_md.create_all)
+                rows = [dict(r) for r in (await conn.execute(select(response).where(response.c.wave_id == str(wave_id)))).mappings()]
+            for r in rows:
+                r["id"] = str(uuid.uuid4())
+                r["form_id"] = str(uuid.uuid4())
+            start = time.perf_counter()
+            for b in range(0, len(rows), BATCH):
+                async with app.state.engine.begin() as conn:
+                    await conn.execute(bare.insert(), rows[b:b + BATCH])
+            bare_rate = len(rows) / (time.perf_counter() - start)
+            async with app.state.engine.begin() as conn:
+                await conn.execute(text(f"DROP TABLE {bare.name}"))
+            results.append(Result(
+                f"[{backend}] Vietnam Post push, {n_forms:,} forms in {len(bodies)} batches", api_rate, "forms/s",
+                baseline=bare_rate, baseline_name="bare bulk insert of the response rows",
+                target="≥ 0.35 of bare insert on PostgreSQL" if backend == "postgresql" else None,
+                note=f"batch of 5,000: median {statistics.median(per_batch):.2f} s, max {max(per_batch):.2f} s",
+                extra={"batches": len(bodies), "seconds": api_seconds}))
+
+            # 2. Online submissions, one at a time.
+            from services.survey.online import RateLimiter
+
+            app.state.online_limiter = RateLimiter(burst=10**9, per_second=10**9)
+            latencies = []
+            start = time.perf_counter()
+            for i, code in enumerate(online_codes):
+                t0 = time.perf_counter()
+                r = await client.post(f"/v1/online/forms/{code}/response", json={"answers": _answers(m, i)})
+                latencies.append(time.perf_counter() - t0)
+                assert r.status_code == 201, r.text[:500]
+            online_seconds = time.perf_counter() - start
+            latencies.sort()
+            p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
+            results.append(Result(f"[{backend}] online submissions, {n_online:,} sequential", n_online / online_seconds,
+                                  "requests/s", note=f"p50 {latencies[len(latencies) // 2] * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms",
+                                  extra={"p99_ms": p99 * 1000}))
+            results.append(Result(f"[{backend}] online submission p99 latency", p99 * 1000, "ms", higher_is_better=False))
+            await client.aclose()
+    finally:
+        if backend == "postgresql":
+            from sqlalchemy import text as _text
+
+            from shared.db import create_engine
+
+            engine = create_engine(PG_URL)
+            async with engine.begin() as conn:
+                await conn.execute(_text(f'DROP SCHEMA IF EXISTS "{platform.schema_prefix}survey" CASCADE'))
+            await engine.dispose()
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--backend", choices=["sqlite", "postgresql", "both"], default="both")
+    args = p.parse_args(argv)
+    n_forms, n_online = (20_000, 300) if args.quick else (200_000, 2_000)
+    import logging
+
+    logging.disable(logging.WARNING)
+
+    async def run_all() -> list[Result]:
+        out: list[Result] = []
+        backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
+        for backend in backends:
+            if backend == "postgresql" and not await _pg_reachable():
+                print(f"PostgreSQL at {PG_URL.split('@')[-1]} is not reachable: skipped", file=sys.stderr)
+                continue
+            out += await _run(backend, n_forms, n_online)
+        return out
+
+    results = asyncio.run(run_all())
+    report("Survey: Vietnam Post batches and online submissions", results, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,456 @@
+"""Forms (phiếu khảo sát): creation from the sample, form codes, status moves with history,
+assignments, replacements. Every function runs inside the caller's transaction and stages its
+events there, so a change and its announcement commit together.
+
+Writes to one wave's forms first update the wave's ``wave_counter`` row (``_lock_wave``): the row
+lock orders concurrent writers of a wave, so serials are never handed out twice and each form
+change gets a ``change_seq`` that commits in increasing order -- the changes-since cursor of the
+Vietnam Post pull never skips a change.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Table, bindparam, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.survey.form_code import ALPHABET, MAX_SERIAL, make_form_code
+from services.survey.models import form, form_history, wave, wave_counter
+from shared.contracts.sampling import SampledUnit
+from shared.contracts.survey import FormStatusChanged, ReplacementRequested
+from shared.db import utcnow
+from shared.events import EventData, make_event
+from shared.errors import InvalidState, NotFound
+from shared.outbox import _insert
+
+STATUSES = ("assigned", "dispatched", "collected", "refused", "unreachable", "ineligible", "replaced")
+# assigned → dispatched → collected | refused | unreachable | ineligible, then replaced. A form
+# may also be collected (online, keyed paper) or refused straight from assigned; ``replaced``
+# is reached only when sampling has released the replacement (unit.replaced).
+TRANSITIONS: dict[str, frozenset[str]] = {
+    "assigned": frozenset({"dispatched", "collected", "refused", "unreachable", "ineligible"}),
+    "dispatched": frozenset({"collected", "refused", "unreachable", "ineligible"}),
+    "refused": frozenset({"replaced"}),
+    "unreachable": frozenset({"replaced"}),
+    "ineligible": frozenset({"replaced"}),
+    "collected": frozenset(),
+    "replaced": frozenset(),
+}
+# Outcomes that ask sampling for the next reserve unit.
+NEEDS_REPLACEMENT = frozenset({"refused", "unreachable", "ineligible"})
+OPEN = frozenset({"assigned", "dispatched"})
+# Form codes a wave may hand out: the serial space of form_code.py.
+SERIAL_SPACE = MAX_SERIAL + 1  # 2**25
+
+
+def content_hash(value: Any) -> str:
+    """SHA-256 of canonical JSON: the identity of a pushed record's content."""
+    return hashlib.sha256(
+        json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+    ).hexdigest()
+
+
+async def stage_events(session: AsyncSession, outbox: Table, events: Sequence[EventData]) -> None:
+    """``shared.outbox.add_event`` for many events in one INSERT (same rows, same relay wake-up):
+    a 5,000-form batch stages 10,000 events."""
+    if not events:
+        return
+    now = utcnow()
+    rows = []
+    for data in events:
+        envelope = make_event(data)
+        rows.append(
+            {"event_id": str(envelope.id), "type": envelope.type, "envelope": envelope.model_dump(mode="json"), "created_at": now}
+        )
+    await session.execute(outbox.insert(), rows)
+    notify = session.info.get("outbox_notify")
+    if notify is not None:
+        session.info.setdefault("after_commit", []).append(notify)
+
+
+# ---------------------------------------------------------------------- wave prefix and serials
+
+
+def prefix_candidates(code: str, year: int) -> list[str]:
+    """Form-code prefixes for a wave, most readable first: the first usable letter of the wave
+    code and the two-digit year (``SIPAS-2026`` → ``S26``); years whose digits are not in the
+    alphabet (0 and 1 are never used) get two base-32 characters instead. Further candidates add
+    a letter of the code, then any alphabet character, for waves of the same year."""
+    letters = [ch for ch in code.upper() if ch in ALPHABET and ch.isalpha()] or ["S"]
+    yy = f"{year % 100:02d}"
+    if not all(ch in ALPHABET for ch in yy):
+        offset = (year - 2000) % (32 * 32)
+        yy = ALPHABET[offset // 32] + ALPHABET[offset % 32]
+    first = letters[0]
+    candidates = [first + yy]
+    candidates += [first + extra + yy for extra in letters[1:]]
+    candidates += [first + yy + ch for ch in ALPHABET]
+    candidates += [first + a + yy for a in ALPHABET]
+    seen: list[str] = []
+    for c in candidates:
+        if c not in seen:
+            seen.append(c)
+    return seen
+
+
+def scatter(wave_id: str, counter: int) -> int:
+    """The serial of the ``counter``-th form of a wave: an affine permutation of 0..2**25-1
+    keyed by the wave, so serials are unique within a wave but not sequential (a typed code is
+    hard to guess from a neighbour's; see form_code.py)."""
+    digest = hashlib.sha256(wave_id.encode()).digest()
+    a = int.from_bytes(digest[:4], "big") | 1  # odd: invertible modulo 2**25
+    b = int.from_bytes(digest[4:8], "big")
+    return (counter * a + b) % SERIAL_SPACE
+
+
+@dataclass
+class WaveLock:
+    prefix: str
+    first_counter: int  # counters handed out: first_counter .. first_counter + n - 1
+    first_change: int
+
+
+async def _lock_wave(session: AsyncSession, wave_id: str, *, serials: int = 0, changes: int = 0) -> WaveLock:
+    """Take ``serials`` serials and ``changes`` change numbers of a wave (creating its counter
+    row with a free prefix the first time), holding the row lock until commit."""
+    stmt = (
+        update(wave_counter)
+        .where(wave_counter.c.wave_id == wave_id)
+        .values(
+            next_serial=wave_counter.c.next_serial + serials,
+            change_seq=wave_counter.c.change_seq + changes,
+        )
+        .returning(wave_counter.c.prefix, wave_counter.c.next_serial, wave_counter.c.change_seq)
+    )
+    row = (await session.execute(stmt)).first()
+    if row is None:
+        replica = (await session.execute(select(wave.c.code, wave.c.year).where(wave.c.id == wave_id))).first()
+        if replica is None:
+            # The wave event has not reached us yet: fail, the bus redelivers later.
+            raise LookupError(f"wave {wave_id} is not known to the survey service yet")
+        for candidate in prefix_candidates(replica.code, replica.year):
+            claim = (
+                _insert(session, wave_counter)
+                .values(wave_id=wave_id, prefix=candidate, next_serial=0, change_seq=0)
+                .on_conflict_do_nothing()
+            )
+            await session.execute(claim)
+            taken = await session.scalar(select(wave_counter.c.prefix).where(wave_counter.c.wave_id == wave_id))
+            if taken is not None:
+                break
+        row = (await session.execute(stmt)).first()
+    if row.next_serial > SERIAL_SPACE:
+        raise InvalidState(f"wave {wave_id} has used all {SERIAL_SPACE} form codes")
+    return WaveLock(row.prefix, row.next_serial - serials, row.change_seq - changes + 1)
+
+
+async def lock_wave(session: AsyncSession, wave_id: str) -> None:
+    """Take the wave's row lock first (see lock_form); 404 for a wave survey does not know."""
+    locked = await session.execute(
+        update(wave_counter).where(wave_counter.c.wave_id == wave_id).values(change_seq=wave_counter.c.change_seq)
+    )
+    if locked.rowcount == 0:
+        await get_wave(session, wave_id)
+        await _lock_wave(session, wave_id)
+
+
+async def allocate_changes(session: AsyncSession, wave_id: str, n: int) -> int:
+    """First of ``n`` consecutive change numbers of the wave (locks the wave until commit)."""
+    return (await _lock_wave(session, wave_id, changes=n)).first_change
+
+
+# ---------------------------------------------------------------------- creation
+
+
+def _status_event(row: dict, status: str, reason: str | None = None) -> FormStatusChanged:
+    return FormStatusChanged(
+        wave_id=row["wave_id"],
+        form_code=row["form_code"],
+        unit_id=row["unit_id"],
+        province_code=row["province_code"],
+        commune_code=row["commune_code"],
+        enumerator_id=row["enumerator_id"],
+        status=status,
+        reason=reason,
+    )
+
+
+async def create_forms(
+    session: AsyncSession,
+    tables: dict[str, Table],
+    wave_id: str,
+    units: Iterable[SampledUnit],
+    *,
+    actor: str,
+    replaces: dict[str, str] | None = None,
+) -> list[dict]:
+    """One form per unit not yet having one (idempotent by ``unit_id``, which is unique).
+    ``replaces`` maps a new unit id to the id of the form it replaces."""
+    units = list(units)
+    if not units:
+        return []
+    ids = [str(u.unit_id) for u in units]
+    have = set(
+        (await session.scalars(select(form.c.unit_id).where(form.c.unit_id.in_(ids)))).all()
+    )
+    new = [u for u in units if str(u.unit_id) not in have]
+    new = list({str(u.unit_id): u for u in new}.values())
+    if not new:
+        return []
+    lock = await _lock_wave(session, wave_id, serials=len(new), changes=len(new))
+    now = utcnow()
+    rows = []
+    for i, unit in enumerate(new):
+        serial = scatter(wave_id, lock.first_counter + i)
+        rows.append(
+            {
+                "id": str(uuid.uuid4()),
+                "wave_id": wave_id,
+                "unit_id": str(unit.unit_id),
+                "form_code": make_form_code(lock.prefix, serial),
+                "serial": serial,
+                "role": unit.role,
+                "stratum": unit.stratum,
+                "province_code": unit.province_code,
+                "commune_code": unit.commune_code,
+                "status": "assigned",
+                "post_office": None,
+                "enumerator_id": None,
+                "replaces_form_id": (replaces or {}).get(str(unit.unit_id)),
+                "reserve_exhausted": False,
+                "change_seq": lock.first_change + i,
+                "opened_at": None,
+                "created_at": now,
+                "updated_at": now,
+            }
+        )
+    await session.execute(form.insert(), rows)
+    await session.execute(
+        form_history.insert(),
+        [{"form_id": r["id"], "from_status": None, "to_status": "assigned", "actor": actor, "reason": None, "at": now} for r in rows],
+    )
+    await stage_events(session, tables["outbox"], [_status_event(r, "assigned") for r in rows])
+    return rows
+
+
+# ---------------------------------------------------------------------- reading
+
+
+async def lock_form(session: AsyncSession, form_code: str) -> None:
+    """Take the row lock of the form's wave (``wave_counter``) as the transaction's first
+    statement. Every writer of a wave's forms takes that lock before touching a form row, so
+    locks are always taken in the same order (wave, then forms) and two writers never deadlock;
+    concurrent writers of one form queue on it and the second sees the first's result. On SQLite
+    the write also takes the database write lock before anything is read (a read-then-write
+    transaction there fails instead of waiting when another writer committed in between)."""
+    wave_of_form = select(form.c.wave_id).where(form.c.form_code == form_code).scalar_subquery()
+    await session.execute(
+        update(wave_counter).where(wave_counter.c.wave_id == wave_of_form).values(change_seq=wave_counter.c.change_seq)
+    )
+
+
+async def get_form(session: AsyncSession, form_code: str) -> dict:
+    row = (await session.execute(select(form).where(form.c.form_code == form_code))).mappings().first()
+    if row is None:
+        raise NotFound(f"No form {form_code}.")
+    return dict(row)
+
+
+async def forms_by_code(session: AsyncSession, codes: Sequence[str]) -> dict[str, dict]:
+    found: dict[str, dict] = {}
+    codes = list(dict.fromkeys(codes))
+    for start in range(0, len(codes), 1000):
+        chunk = codes[start : start + 1000]
+        for row in (await session.execute(select(form).where(form.c.form_code.in_(chunk)))).mappings():
+            found[row["form_code"]] = dict(row)
+    return found
+
+
+async def history(session: AsyncSession, form_id: str) -> list[dict]:
+    rows = await session.execute(
+        select(form_history).where(form_history.c.form_id == form_id).order_by(form_history.c.seq)
+    )
+    return [dict(r) for r in rows.mappings()]
+
+
+# ---------------------------------------------------------------------- status moves
+
+
+@dataclass
+class Move:
+    """One status move to apply: the form (as read), the new status, why, and optionally a new
+    enumerator (Vietnam Post reports who visited)."""
+
+    row: dict
+    status: str
+    reason: str | None = None
+    replacement_reason: str | None = None
+    enumerator_id: str | None = None
+
+
+def check_move(row: dict, status: str) -> None:
+    if status not in TRANSITIONS[row["status"]]:
+        raise InvalidState(
+            f"Form {row['form_code']} cannot go from {row['status']} to {status}.",
+            allowed=sorted(TRANSITIONS[row["status"]]),
+        )
+
+
+async def apply_moves(session: AsyncSession, tables: dict[str, Table], wave_id: str, moves: Sequence[Move], *, actor: str) -> None:
+    """Apply validated moves of one wave's forms in bulk: status, history, events (a
+    ``replacement.requested`` for refused, unreachable and ineligible units)."""
+    if not moves:
+        return
+    first = await allocate_changes(session, wave_id, len(moves))
+    now = utcnow()
+    params, hist, events = [], [], []
+    for i, m in enumerate(moves):
+        before = m.row["status"]
+        m.row.update(status=m.status, change_seq=first + i, updated_at=now)
+        if m.enumerator_id is not None:
+            m.row["enumerator_id"] = m.enumerator_id
+        params.append(
+            {"_id": m.row["id"], "_status": m.status, "_seq": first + i, "_now": now, "_enum": m.row["enumerator_id"]}
+        )
+        hist.append({"form_id": m.row["id"], "from_status": before, "to_status": m.status, "actor": actor, "reason": m.reason, "at": now})
+        events.append(_status_event(m.row, m.status, m.reason))
+        if m.status in NEEDS_REPLACEMENT:
+            reason = m.replacement_reason or ("ineligible" if m.status == "ineligible" else m.status)
+            events.append(
+                ReplacementRequested(wave_id=wave_id, form_code=m.row["form_code"], unit_id=m.row["unit_id"], reason=reason)
+            )
+    stmt = (
+        update(form)
+        .where(form.c.id == bindparam("_id"))
+        .values(status=bindparam("_status"), change_seq=bindparam("_seq"), updated_at=bindparam("_now"), enumerator_id=bindparam("_enum"))
+    )
+    await session.connection()  # make sure the executemany runs on this session's connection
+    await session.execute(stmt.execution_options(synchronize_session=False), params)
+    await session.execute(form_history.insert(), hist)
+    await stage_events(session, tables["outbox"], events)
+
+
+async def change_status(
+    session: AsyncSession,
+    tables: dict[str, Table],
+    form_code: str,
+    status: str,
+    *,
+    actor: str,
+    reason: str | None = None,
+    replacement_reason: str | None = None,
+) -> dict:
+    await lock_form(session, form_code)
+    row = await get_form(session, form_code)
+    if status == "replaced":
+        raise InvalidState("A form is replaced when sampling releases the replacement unit, not by hand.")
+    check_move(row, status)
+    await apply_moves(session, tables, row["wave_id"], [Move(row, status, reason, replacement_reason)], actor=actor)
+    return row
+
+
+# ---------------------------------------------------------------------- assignments
+
+
+async def assign(
+    session: AsyncSession,
+    tables: dict[str, Table],
+    wave_id: str,
+    assignments: Sequence[tuple[str, str | None, str | None]],
+    *,
+    actor: str,
+    province_code: str | None = None,
+) -> tuple[int, list[str]]:
+    """Set post office and enumerator of open forms (assign or reassign). Returns how many
+    changed and the codes that were not assignable (unknown, other wave or province, closed)."""
+    rows = await forms_by_code(session, [a[0] for a in assignments])
+    refused: list[str] = []
+    changes = []
+    for code, office, enumerator in assignments:
+        row = rows.get(code)
+        if row is None or row["wave_id"] != wave_id or (province_code and row["province_code"] != province_code):
+            refused.append(code)
+            continue
+        if row["status"] not in OPEN:
+            refused.append(code)
+            continue
+        if (row["post_office"], row["enumerator_id"]) != (office, enumerator):
+            changes.append((row, office, enumerator))
+    if changes:
+        first = await allocate_changes(session, wave_id, len(changes))
+        now = utcnow()
+        await session.execute(
+            update(form)
+            .where(form.c.id == bindparam("_id"))
+            .values(post_office=bindparam("_office"), enumerator_id=bindparam("_enum"), change_seq=bindparam("_seq"), updated_at=bindparam("_now"))
+            .execution_options(synchronize_session=False),
+            [
+                {"_id": row["id"], "_office": office, "_enum": enumerator, "_seq": first + i, "_now": now}
+                for i, (row, office, enumerator) in enumerate(changes)
+            ],
+        )
+        await session.execute(
+            form_history.insert(),
+            [
+                {"form_id": row["id"], "from_status": row["status"], "to_status": row["status"], "actor": actor,
+                 "reason": f"assigned to {office or '-'} / {enumerator or '-'}", "at": now}
+                for row, office, enumerator in changes
+            ],
+        )
+    return len(changes), refused
+
+
+# ---------------------------------------------------------------------- replacements (unit.replaced)
+
+
+async def on_unit_replaced(
+    session: AsyncSession, tables: dict[str, Table], wave_id: str, replaced_unit_id: str,
+    replacement: SampledUnit | None, reserve_exhausted: bool,
+) -> None:
+    old = (await session.execute(select(form).where(form.c.unit_id == replaced_unit_id))).mappings().first()
+    old = dict(old) if old is not None else None
+    if replacement is not None:
+        await create_forms(
+            session, tables, wave_id, [replacement], actor="sampling",
+            replaces={str(replacement.unit_id): old["id"]} if old else None,
+        )
+    if old is None:
+        return
+    if replacement is not None and old["status"] != "replaced":
+        if "replaced" in TRANSITIONS[old["status"]]:
+            await apply_moves(session, tables, wave_id, [Move(old, "replaced", "replacement released")], actor="sampling")
+        else:
+            # Sampling replaced a unit we have not heard was lost (e.g. marked by the province
+            # in sampling): record it anyway, sampling owns the decision.
+            await apply_moves(session, tables, wave_id, [Move(old, "replaced", f"replaced from {old['status']}")], actor="sampling")
+    if reserve_exhausted and not old["reserve_exhausted"]:
+        seq = await allocate_changes(session, wave_id, 1)
+        await session.execute(
+            update(form).where(form.c.id == old["id"]).values(reserve_exhausted=True, change_seq=seq, updated_at=utcnow())
+        )
+        await session.execute(
+            form_history.insert().values(form_id=old["id"], from_status=old["status"], to_status=old["status"],
+                                         actor="sampling", reason="reserve exhausted", at=utcnow())
+        )
+
+
+def wave_row_open(wave_row: dict | None) -> bool:
+    return wave_row is not None and wave_row["status"] != "closed"
+
+
+async def get_wave(session: AsyncSession, wave_id: str) -> dict:
+    row = (await session.execute(select(wave).where(wave.c.id == wave_id))).mappings().first()
+    if row is None:
+        raise NotFound(f"No wave {wave_id} here (yet).")
+    return dict(row)
+
+
+def now() -> dt.datetime:
+    return utcnow()

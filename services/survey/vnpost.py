@@ -1,0 +1,273 @@
+"""The Vietnam Post integration (Bưu điện Việt Nam): pull assignments, push status updates and
+completed answers in batches (docs/vnpost-integration.md is the contract).
+
+A batch is idempotent twice over. By its id: the first request stores the batch and its
+per-record results; the same id with the same body returns those results again (nothing
+applied twice), with another body it is a 409, from another key a 403. By record: a form
+already carrying the same answers (or status) is ``unchanged``; different answers for a form
+that has some is a ``conflict`` reported for that record, never an overwrite. A record is applied
+whole or not at all: it is validated first, and all of a batch's writes commit in one
+transaction. Concurrent pushes of one batch: the batch row is the first write of the
+transaction, so the second push waits on its key and then replays the first one's result.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import FastAPI
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.survey import corrections as C, forms as F
+from services.survey.models import form, response, vnpost_batch
+from services.survey.versions import methodology
+from shared.auth import Principal
+from shared.contracts.survey import ResponseSubmitted
+from shared.db import utcnow
+from shared.errors import Conflict, Forbidden, InvalidState, NotFound
+from shared.methodology import Methodology
+from shared.outbox import _insert
+
+MAX_BATCH = 5000
+# A 5,000-form answer batch is about 5 MB of JSON; anything far above is refused before parsing.
+MAX_BATCH_BYTES = 32 * 1024 * 1024
+PUSHABLE_STATUSES = ("dispatched", "refused", "unreachable", "ineligible")
+
+
+def record_result(code: str, outcome: str, status: str | None, errors: list[dict] | None = None) -> dict:
+    return {"form_code": code, "outcome": outcome, "status": status, "errors": errors or []}
+
+
+def error(code: str, message: str, item: str | None = None) -> dict:
+    return {"code": code, "item": item, "message": message}
+
+
+async def claim_batch(
+    session: AsyncSession, principal: Principal, batch_id: str, kind: str, wave_id: str, body_hash: str
+) -> dict | None:
+    """Insert the batch row (first write of the transaction). Returns the stored result when the
+    batch was received before (a replay), None when this request owns it."""
+    inserted = await session.execute(
+        _insert(session, vnpost_batch)
+        .values(batch_id=batch_id, kind=kind, owner_key_id=principal.key_id, wave_id=wave_id,
+                body_hash=body_hash, result={}, received_at=utcnow())
+        .on_conflict_do_nothing(index_elements=["batch_id"])
+    )
+    if inserted.rowcount == 1:
+        return None
+    row = (await session.execute(select(vnpost_batch).where(vnpost_batch.c.batch_id == batch_id))).mappings().one()
+    if row["owner_key_id"] != principal.key_id:
+        raise Forbidden(f"Batch {batch_id} was sent with another key; batch ids belong to the key that sent them.")
+    if row["body_hash"] != body_hash or row["kind"] != kind:
+        raise Conflict(f"Batch {batch_id} was received before with a different body; use a new batch id.",
+                       batch_id=batch_id)
+    return dict(row["result"])
+
+
+async def _store_result(session: AsyncSession, batch_id: str, result: dict) -> None:
+    await session.execute(update(vnpost_batch).where(vnpost_batch.c.batch_id == batch_id).values(result=result))
+
+
+def _summary(batch_id: str, kind: str, wave_id: str, records: list[dict]) -> dict:
+    counts = {k: 0 for k in ("applied", "unchanged", "conflict", "rejected")}
+    for r in records:
+        counts[r["outcome"]] += 1
+    return {"batch_id": batch_id, "kind": kind, "wave_id": wave_id, "counts": counts, "records": records}
+
+
+async def _wave_forms(session: AsyncSession, wave_id: str, codes: Sequence[str]) -> tuple[dict, dict[str, dict]]:
+    wave_row = await F.get_wave(session, wave_id)
+    if wave_row["status"] == "closed":
+        raise InvalidState(f"Wave {wave_row['code']} is closed; it takes no more statuses or answers.")
+    return wave_row, await F.forms_by_code(session, codes)
+
+
+def _lookup(rows: dict[str, dict], wave_id: str, code: str, seen: set[str]) -> tuple[dict | None, dict | None]:
+    """(form, None) or (None, rejection result)."""
+    if code in seen:
+        return None, record_result(code, "rejected", None, [error("duplicate_in_batch", "this form appears twice in the batch")])
+    seen.add(code)
+    row = rows.get(code)
+    if row is None or row["wave_id"] != wave_id:
+        return None, record_result(code, "rejected", None, [error("unknown_form", f"no form {code} in this wave")])
+    return row, None
+
+
+async def push_statuses(
+    session: AsyncSession, tables: dict, principal: Principal, batch_id: str, wave_id: str, records: list[dict], body_hash: str
+) -> tuple[dict, bool]:
+    """Apply a status batch. Returns (result, replayed)."""
+    stored = await claim_batch(session, principal, batch_id, "status", wave_id, body_hash)
+    if stored is not None:
+        return stored, True
+    await F.lock_wave(session, wave_id)  # wave before forms, like every writer (forms.lock_form)
+    _, rows = await _wave_forms(session, wave_id, [r["form_code"] for r in records])
+    results, moves, seen = [], [], set()
+    for rec in records:
+        row, rejected = _lookup(rows, wave_id, rec["form_code"], seen)
+        if rejected:
+            results.append(rejected)
+            continue
+        target = rec["status"]
+        if row["status"] == target:
+            results.append(record_result(row["form_code"], "unchanged", row["status"]))
+        elif row["status"] not in F.OPEN:
+            results.append(record_result(row["form_code"], "conflict", row["status"], [
+                error("conflict", f"the form is {row['status']} already; {target} contradicts it")]))
+        else:
+            moves.append(F.Move(row, target, rec.get("reason"), rec.get("replacement_reason"), rec.get("enumerator_id")))
+            results.append(record_result(row["form_code"], "applied", target))
+    await F.apply_moves(session, tables, wave_id, moves, actor=principal.actor)
+    result = _summary(batch_id, "status", wave_id, results)
+    await _store_result(session, batch_id, result)
+    return result, False
+
+
+async def push_answers(
+    app: FastAPI, session: AsyncSession, tables: dict, principal: Principal, batch_id: str, wave_id: str,
+    records: list[dict], body_hash: str,
+) -> tuple[dict, bool]:
+    stored = await claim_batch(session, principal, batch_id, "answers", wave_id, body_hash)
+    if stored is not None:
+        return stored, True
+    await F.lock_wave(session, wave_id)  # wave before forms, like every writer (forms.lock_form)
+    wave_row, rows = await _wave_forms(session, wave_id, [r["form_code"] for r in records])
+    method = await methodology(app, session, wave_row["methodology_version"])
+    form_ids = [r["id"] for r in rows.values()]
+    existing: dict[str, str] = {}
+    for start in range(0, len(form_ids), 1000):
+        chunk = form_ids[start : start + 1000]
+        for fid, digest in (await session.execute(
+            select(response.c.form_id, response.c.content_hash).where(response.c.form_id.in_(chunk))
+        )).all():
+            existing[fid] = digest
+    open_corr = await C.open_corrections(session, list(existing))
+    results, accepted, corrected, seen = [], [], [], set()
+    for rec in records:
+        row, rejected = _lookup(rows, wave_id, rec["form_code"], seen)
+        if rejected:
+            results.append(rejected)
+            continue
+        digest = F.content_hash(rec["answers"])
+        if row["id"] in open_corr:
+            # Sent back by verification: these answers become the next revision.
+            problems = method.validate_answers(rec["answers"])
+            if problems:
+                results.append(record_result(row["form_code"], "rejected", row["status"], [p.model_dump() for p in problems]))
+            else:
+                corrected.append((row, rec, digest, open_corr[row["id"]]))
+                results.append(record_result(row["form_code"], "applied", row["status"]))
+            continue
+        if row["id"] in existing:
+            outcome = "unchanged" if existing[row["id"]] == digest else "conflict"
+            errs = [] if outcome == "unchanged" else [error("conflict", "the form was accepted with different answers")]
+            results.append(record_result(row["form_code"], outcome, row["status"], errs))
+            continue
+        problems = method.validate_answers(rec["answers"])
+        if problems:
+            results.append(record_result(row["form_code"], "rejected", row["status"], [p.model_dump() for p in problems]))
+            continue
+        if row["status"] not in F.OPEN:
+            results.append(record_result(row["form_code"], "conflict", row["status"], [
+                error("conflict", f"the form is {row['status']}; it cannot be collected")]))
+            continue
+        accepted.append((row, rec, digest))
+        results.append(record_result(row["form_code"], "applied", "collected"))
+    await record_responses(
+        session, tables, method, wave_row, accepted, channel="paper", source=f"vnpost:{batch_id}", actor=principal.actor
+    )
+    await C.apply_corrections(session, tables, method, wave_row, corrected, source=f"vnpost:{batch_id}",
+                              actor=principal.actor)
+    result = _summary(batch_id, "answers", wave_id, results)
+    await _store_result(session, batch_id, result)
+    return result, False
+
+
+async def record_responses(
+    session: AsyncSession, tables: dict, method: Methodology, wave_row: dict,
+    accepted: Sequence[tuple[dict, dict, str]], *, channel: str, source: str, actor: str,
+) -> list[str]:
+    """Store accepted answers (one response per form: unique), move the forms to collected and
+    announce each with ``response.submitted`` -- without the sensitive profile answers."""
+    if not accepted:
+        return []
+    now = utcnow()
+    sensitive = set(method.sensitive_questions())
+    rows, events, ids = [], [], []
+    for form_row, rec, digest in accepted:
+        rid = str(uuid.uuid4())
+        ids.append(rid)
+        enumerator = rec.get("enumerator_id") or form_row["enumerator_id"]
+        rows.append({
+            "id": rid, "form_id": form_row["id"], "wave_id": form_row["wave_id"], "channel": channel,
+            "answers": rec["answers"], "content_hash": digest, "enumerator_id": enumerator,
+            "started_at": rec.get("started_at"), "duration_seconds": rec.get("duration_seconds"),
+            "submitted_at": rec.get("submitted_at") or now, "source": source, "revision": 1,
+        })
+        events.append(ResponseSubmitted(
+            wave_id=form_row["wave_id"], form_code=form_row["form_code"], unit_id=form_row["unit_id"],
+            response_id=rid, stratum=form_row["stratum"], province_code=form_row["province_code"],
+            commune_code=form_row["commune_code"], channel=channel, enumerator_id=enumerator,
+            methodology_version=wave_row["methodology_version"],
+            answers={k: v for k, v in rec["answers"].items() if k not in sensitive},
+            started_at=rec.get("started_at"), duration_seconds=rec.get("duration_seconds"),
+            submitted_at=rec.get("submitted_at") or now,
+        ))
+    await session.execute(response.insert(), rows)
+    moves = [F.Move(form_row, "collected", None, None, rec.get("enumerator_id")) for form_row, rec, _ in accepted]
+    await F.apply_moves(session, tables, wave_row["id"], moves, actor=actor)
+    await F.stage_events(session, tables["outbox"], events)
+    return ids
+
+
+async def pull(session: AsyncSession, wave_id: str, since: int, limit: int) -> dict[str, Any]:
+    """Forms of a wave changed after ``since`` (the cursor of the previous page), oldest change
+    first. Contacts are not here: Vietnam Post reads them from sampling by unit id."""
+    await F.get_wave(session, wave_id)
+    rows = (await session.execute(
+        select(form).where(form.c.wave_id == wave_id, form.c.change_seq > since).order_by(form.c.change_seq).limit(limit)
+    )).mappings().all()
+    corrections = await C.open_corrections(session, [r["id"] for r in rows if r["status"] == "collected"])
+    items = []
+    for r in rows:
+        corr = corrections.get(r["id"])
+        items.append({
+            "form_code": r["form_code"], "unit_id": r["unit_id"], "wave_id": r["wave_id"], "role": r["role"],
+            "stratum": r["stratum"], "province_code": r["province_code"], "commune_code": r["commune_code"],
+            "post_office": r["post_office"], "enumerator_id": r["enumerator_id"], "status": r["status"],
+            "reserve_exhausted": r["reserve_exhausted"], "change_seq": r["change_seq"], "updated_at": r["updated_at"],
+            "correction": None if corr is None else {
+                "revision": corr["revision"], "items": corr["items"], "reason_codes": corr["reason_codes"],
+                "requested_at": corr["requested_at"]},
+        })
+    cursor = items[-1]["change_seq"] if items else since
+    return {"items": items, "next_cursor": cursor, "has_more": len(items) == limit}
+
+
+async def batch_result(session: AsyncSession, principal: Principal, batch_id: str) -> dict:
+    row = (await session.execute(select(vnpost_batch).where(vnpost_batch.c.batch_id == batch_id))).mappings().first()
+    if row is None or (principal.role.value == "vnpost" and row["owner_key_id"] != principal.key_id):
+        raise NotFound(f"No batch {batch_id}.")
+    return dict(row["result"])
+
+
+class BatchBodyLimit:
+    """ASGI middleware: a Vietnam Post push whose declared ``Content-Length`` is above
+    ``MAX_BATCH_BYTES`` gets 413 before its body is read or parsed."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope.get("path", "").startswith("/v1/vnpost/") and scope.get("method") == "POST":
+            for name, value in scope.get("headers") or []:
+                if name == b"content-length" and value.isdigit() and int(value) > MAX_BATCH_BYTES:
+                    from shared.errors import PayloadTooLarge, problem_response
+
+                    too_large = PayloadTooLarge(f"A batch body holds at most {MAX_BATCH_BYTES} bytes; split it.")
+                    await problem_response(too_large)(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
