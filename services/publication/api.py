@@ -165,6 +165,7 @@ async def publish(
     async with unit_of_work(request) as session:
         row = await service.release_version(session, tables, principal, release_id, version,
                                             body.publish_at if body else None, _now(request))
+    request.app.state.public_cache.invalidate(release_id)
     request.app.state.scheduler.notify()  # announce (event, webhooks) without waiting for the poll
     return service.version_read(row, _now(request))
 

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from services.publication import api, page, public_api
 from services.publication.consumers import CONSUMERS
 from services.publication.models import Base
+from services.publication.public import PublicCache
 from services.publication.public_api import RateLimiter
 from services.publication.settings import PublicationSettings
 from services.publication.webhooks import Scheduler
@@ -107,6 +108,7 @@ def create_app(settings: PublicationSettings | None = None, *, bus: EventBus | N
     app = build_app(SPEC, settings, bus=bus)
     app.state.clock = utcnow  # replaceable in tests, to check an embargo to the second
     app.state.rate_limiter = RateLimiter()
+    app.state.public_cache = PublicCache()
     app.add_middleware(RequestSizeLimit, settings=settings)
     _anonymous_public_operations(app)
     return app

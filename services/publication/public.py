@@ -351,3 +351,77 @@ def unit_era(wave: dict) -> str:
     when = dt.date.fromisoformat(start) if start else dt.date(wave["year"], 12, 31)
     return "34-provinces" if when >= MERGER_DATE else "63-provinces"
 
+
+
+# --- the hot path's cache: published bodies are immutable ---
+
+
+class PublicCache:
+    """Per process: each release's released versions (number, publish time, id) and the
+    precomputed bodies, so a published release's GET (200 or 304) needs no database round trip.
+
+    Bodies never change once released, so they are kept (LRU, bounded). The version list of a
+    release is refreshed after ``ttl`` seconds (and at once in this process when a version is
+    released): it lists scheduled versions with their ``publish_at`` too, so the embargo is still
+    decided on every read, to the second. What another process releases appears here within
+    ``ttl``; an embargo cannot be moved within ``RESCHEDULE_GUARD_SECONDS`` of its time (see
+    service.release_version), so a stale list never shows a version early.
+    """
+
+    def __init__(self, ttl: float = 1.0, max_releases: int = 10_000, max_bodies: int = 4096) -> None:
+        from collections import OrderedDict
+
+        self.ttl = ttl
+        self.max_releases = max_releases
+        self.max_bodies = max_bodies
+        self.releases: dict[str, tuple[float, list[tuple[int, dt.datetime, str]]]] = {}
+        self.bodies: OrderedDict[tuple[str, str], dict] = OrderedDict()
+
+    def invalidate(self, release_id: str | None = None) -> None:
+        if release_id is None:
+            self.releases.clear()
+        else:
+            self.releases.pop(release_id, None)
+
+    async def versions(self, session_factory, tables: dict[str, Table], release_id: str) -> list[tuple[int, dt.datetime, str]]:
+        import time
+
+        now = time.monotonic()
+        hit = self.releases.get(release_id)
+        if hit is not None and now - hit[0] < self.ttl:
+            return hit[1]
+        t = tables["release_version"]
+        async with session_factory() as session:
+            rows = (await session.execute(
+                select(t.c.version, t.c.publish_at, t.c.id)
+                .where(t.c.release_id == release_id, t.c.status == "released")
+                .order_by(t.c.version)
+            )).all()
+        versions = [(r[0], r[1], r[2]) for r in rows]
+        if len(self.releases) >= self.max_releases:  # unknown ids are cached too: bound the memory
+            self.releases.clear()
+        self.releases[release_id] = (now, versions)
+        return versions
+
+    async def body(self, session_factory, tables: dict[str, Table], version_id: str, resource: str) -> dict | None:
+        key = (version_id, resource)
+        hit = self.bodies.get(key)
+        if hit is not None:
+            self.bodies.move_to_end(key)
+            return hit
+        b = tables["release_body"]
+        async with session_factory() as session:
+            row = (await session.execute(
+                select(b.c.etag, b.c.body, b.c.media_type).where(b.c.version_id == version_id, b.c.resource == resource)
+            )).mappings().first()
+        if row is None:
+            return None
+        self.bodies[key] = dict(row)
+        if len(self.bodies) > self.max_bodies:
+            self.bodies.popitem(last=False)
+        return self.bodies[key]
+
+
+def pick_visible(versions: list[tuple[int, dt.datetime, str]], at: dt.datetime, version: int | None):
+    found = [v for v in versions if v[1] <= at and (version is None or v[0] == version)]
+    return max(found, key=lambda v: v[0]) if found else None

@@ -221,9 +221,15 @@ async def get_metadata(release_id: ReleaseId, request: Request, as_of: AsOf = No
 
 
 async def _stored(request: Request, release_id: str, as_of, version, resource: str) -> Response:
+    """The hot path: bodies precomputed at publication, served from the per-process cache."""
     at = public.read_instant(request, as_of)
-    async with read_session(request) as session:
-        row = await public.stored_body(session, request.app.state.tables, release_id, at, version, resource)
+    state = request.app.state
+    cache: public.PublicCache = state.public_cache
+    picked = public.pick_visible(await cache.versions(state.sessions, state.tables, release_id), at, version)
+    row = await cache.body(state.sessions, state.tables, picked[2], resource) if picked else None
+    if row is None:
+        what = f"version {version} of release {release_id}" if version else f"release {release_id}"
+        raise NotFound(f"No published {what} at {at.isoformat(timespec='seconds')}.")
     headers = public.cache_headers(request, row["etag"])
     if public.matches(request, row["etag"]):
         return Response(status_code=304, headers=headers)

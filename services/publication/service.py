@@ -39,6 +39,9 @@ from shared.outbox import _insert, add_event
 from shared.peers import call
 
 RELEASED = "released"
+# A scheduled embargo can be moved only while it is at least this far away (public caches
+# refresh their version lists every second; this leaves them ample time).
+RESCHEDULE_GUARD_SECONDS = 10
 
 
 def whole_second(t: dt.datetime) -> dt.datetime:
@@ -270,6 +273,10 @@ async def release_version(
     state = public_status(row, now)
     if state not in ("approved", "scheduled"):
         raise InvalidState(f"Version {version} is {state}: only an approved or scheduled version can be released.")
+    if state == "scheduled" and (row["publish_at"] - now).total_seconds() < RESCHEDULE_GUARD_SECONDS:
+        # Caches of other processes may hold the current embargo for a moment: too close to move.
+        raise InvalidState(f"Version {version} becomes public in less than {RESCHEDULE_GUARD_SECONDS} s; "
+                           "it can no longer be rescheduled.")
     if publish_at is None:
         when = whole_second(now)
         action = "release.publish"
