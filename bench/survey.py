@@ -124,7 +124,7 @@ async def _run(backend: str, n_forms: int, n_online: int) -> list[Result]:
 
             # Baseline: the same response rows, bare bulk insert into a copy of the table.
             copy_md = MetaData()
-            bare = Table(f"response_bare_{uid}", copy_md, *[c.copy() for c in response.columns])
+            bare = Table(f"response_bare_{uid}", copy_md, *[c._copy() for c in response.columns])
             async with app.state.engine.begin() as conn:
                 await conn.run_sync(copy_md.create_all)
                 rows = [dict(r) for r in (await conn.execute(select(response).where(response.c.wave_id == str(wave_id)))).mappings()]

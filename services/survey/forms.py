@@ -26,7 +26,8 @@ from services.survey.models import form, form_history, wave, wave_counter
 from shared.contracts.sampling import SampledUnit
 from shared.contracts.survey import FormStatusChanged, ReplacementRequested
 from shared.db import utcnow
-from shared.events import EventData, make_event
+from shared.events import SPEC_VERSION, EventData
+from shared.observability import current_correlation_id
 from shared.errors import InvalidState, NotFound
 from shared.outbox import _insert
 
@@ -57,18 +58,47 @@ def content_hash(value: Any) -> str:
     ).hexdigest()
 
 
-async def stage_events(session: AsyncSession, outbox: Table, events: Sequence[EventData]) -> None:
-    """``shared.outbox.add_event`` for many events in one INSERT (same rows, same relay wake-up):
-    a 5,000-form batch stages 10,000 events."""
+@dataclass
+class Payload:
+    """An event payload built as a JSON-ready dict, for the bulk paths (a 5,000-form batch
+    stages 10,000 events; building and dumping a pydantic model per event was a third of the
+    batch's time). ``stage_events`` validates the first payload of each contract per call
+    against the model, so the shape cannot drift from the contract; consumers validate every
+    event when they read it (``Envelope.payload``)."""
+
+    contract: type[EventData]
+    data: dict[str, Any]
+    subject: str | None
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return None if value is None else value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+async def stage_events(session: AsyncSession, outbox: Table, events: Sequence[EventData | Payload]) -> None:
+    """``shared.outbox.add_event`` for many events in one INSERT (same envelope, same rows, same
+    relay wake-up)."""
     if not events:
         return
     now = utcnow()
+    time = _iso(now)
+    cid = current_correlation_id()
+    checked: set[type[EventData]] = set()
     rows = []
-    for data in events:
-        envelope = make_event(data)
-        rows.append(
-            {"event_id": str(envelope.id), "type": envelope.type, "envelope": envelope.model_dump(mode="json"), "created_at": now}
-        )
+    for event in events:
+        if isinstance(event, Payload):
+            cls, data, subject = event.contract, event.data, event.subject
+            if cls not in checked:
+                cls.model_validate(data)
+                checked.add(cls)
+        else:
+            cls, data, subject = type(event), event.model_dump(mode="json"), event.subject()
+        event_id = str(uuid.uuid4())
+        envelope = {
+            "specversion": SPEC_VERSION, "id": event_id, "type": cls.event_type, "source": f"/sipas/{cls.producer}",
+            "time": time, "subject": subject, "correlation_id": cid, "datacontenttype": "application/json", "data": data,
+        }
+        rows.append({"event_id": event_id, "type": cls.event_type, "envelope": envelope, "created_at": now})
     await session.execute(outbox.insert(), rows)
     notify = session.info.get("outbox_notify")
     if notify is not None:
@@ -169,17 +199,13 @@ async def allocate_changes(session: AsyncSession, wave_id: str, n: int) -> int:
 # ---------------------------------------------------------------------- creation
 
 
-def _status_event(row: dict, status: str, reason: str | None = None) -> FormStatusChanged:
-    return FormStatusChanged(
-        wave_id=row["wave_id"],
-        form_code=row["form_code"],
-        unit_id=row["unit_id"],
-        province_code=row["province_code"],
-        commune_code=row["commune_code"],
-        enumerator_id=row["enumerator_id"],
-        status=status,
-        reason=reason,
-    )
+def _status_event(row: dict, status: str, reason: str | None = None) -> Payload:
+    """``form.status_changed`` of a form row (see ``FormStatusChanged``)."""
+    return Payload(FormStatusChanged, {
+        "wave_id": str(row["wave_id"]), "form_code": row["form_code"], "unit_id": str(row["unit_id"]),
+        "province_code": row["province_code"], "commune_code": row["commune_code"],
+        "enumerator_id": row["enumerator_id"], "status": status, "reason": reason,
+    }, row["form_code"])
 
 
 async def create_forms(

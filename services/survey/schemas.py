@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
 from shared.contracts.sampling import ReplacementReason
 from shared.contracts.survey import FormStatus
@@ -172,7 +172,7 @@ class AnswerRecord(_In):
     form_code: FormCode
     answers: Answers
     enumerator_id: StaffCode | None = None
-    started_at: dt.datetime | None = None
+    started_at: AwareDatetime | None = None
     duration_seconds: float | None = Field(None, ge=0, le=86400 * 30)
 
 
@@ -236,7 +236,7 @@ class Questionnaire(BaseModel):
 
 class OnlineSubmission(_In):
     answers: Answers
-    started_at: dt.datetime | None = Field(None, description="When the respondent started (used if the form was never opened here)")
+    started_at: AwareDatetime | None = Field(None, description="When the respondent started (used if the form was never opened here)")
 
 
 class OnlineReceipt(BaseModel):

@@ -207,15 +207,16 @@ async def record_responses(
             "started_at": rec.get("started_at"), "duration_seconds": rec.get("duration_seconds"),
             "submitted_at": rec.get("submitted_at") or now, "source": source, "revision": 1,
         })
-        events.append(ResponseSubmitted(
-            wave_id=form_row["wave_id"], form_code=form_row["form_code"], unit_id=form_row["unit_id"],
-            response_id=rid, stratum=form_row["stratum"], province_code=form_row["province_code"],
-            commune_code=form_row["commune_code"], channel=channel, enumerator_id=enumerator,
-            methodology_version=wave_row["methodology_version"],
-            answers={k: v for k, v in rec["answers"].items() if k not in sensitive},
-            started_at=rec.get("started_at"), duration_seconds=rec.get("duration_seconds"),
-            submitted_at=rec.get("submitted_at") or now,
-        ))
+        submitted = rec.get("submitted_at") or now
+        events.append(F.Payload(ResponseSubmitted, {
+            "wave_id": form_row["wave_id"], "form_code": form_row["form_code"], "unit_id": form_row["unit_id"],
+            "response_id": rid, "revision": 1, "stratum": form_row["stratum"], "province_code": form_row["province_code"],
+            "commune_code": form_row["commune_code"], "channel": channel, "enumerator_id": enumerator,
+            "methodology_version": wave_row["methodology_version"],
+            "answers": {k: v for k, v in rec["answers"].items() if k not in sensitive},
+            "started_at": F._iso(rec.get("started_at")), "duration_seconds": rec.get("duration_seconds"),
+            "submitted_at": F._iso(submitted),
+        }, form_row["form_code"]))
     await session.execute(response.insert(), rows)
     moves = [F.Move(form_row, "collected", None, None, rec.get("enumerator_id")) for form_row, rec, _ in accepted]
     await F.apply_moves(session, tables, wave_row["id"], moves, actor=actor)

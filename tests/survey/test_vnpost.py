@@ -9,6 +9,7 @@ import uuid
 from sqlalchemy import func, select
 
 from services.survey.models import response
+from shared.contracts.survey import ResponseSubmitted
 from shared.contracts.verification import CorrectionRequested
 from shared.events import make_event
 import pytest
@@ -100,6 +101,7 @@ async def test_same_batch_twice_and_concurrently_gives_one_copy_of_each_form(sta
     submitted = [e for e in await outbox_events(stack, "sipas.survey.response.submitted.v1", wave_id)]
     assert sorted(e["form_code"] for e in submitted) == sorted(codes[:20])
     for e in submitted:
+        ResponseSubmitted.model_validate(e)  # built as a dict on the bulk path: still the contract
         assert e["channel"] == "paper" and e["enumerator_id"] == "DTV-001" and e["revision"] == 1
         assert "ethnicity" not in e["answers"] and not PERSONAL & set(e)
         assert e["stratum"] == "01-urban" and e["methodology_version"] == "sipas-2017"
@@ -179,6 +181,10 @@ async def test_bad_batches_are_clear_errors(stack, clients, monkeypatch):
     monkeypatch.undo()
     r = await clients.survey.post("/v1/vnpost/answer-batches", content=b'{"batch_id": "x", ', headers={
         **vnpost, "content-type": "application/json"})
+    assert r.status_code == 422
+    naive = {**record, "started_at": "2026-08-06T09:00:00"}  # a time without its offset: whose clock?
+    r = await clients.survey.post("/v1/vnpost/answer-batches", json={"batch_id": "x", "wave_id": str(wave_id),
+                                                                    "records": [naive]}, headers=vnpost)
     assert r.status_code == 422
     r = await clients.survey.post("/v1/vnpost/answer-batches", json={"batch_id": "x", "wave_id": str(uuid.uuid4()),
                                                                     "records": [record]}, headers=vnpost)
