@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import Response
 
 from services.indexing import service
+from services.indexing.compute import _threadpool_limit
 from services.indexing.estimation import LONELY_PSU_RULES, Design, EstimationInputError, estimate, read_responses_csv
 from services.indexing.schemas import (
     AcceptedSet,
@@ -255,7 +256,11 @@ async def estimate_upload(
         data = io.BytesIO(files["responses"])
         data.name = "responses.csv"
         responses = read_responses_csv(data, design.items)
-        return await asyncio.to_thread(estimate, responses, design, lonely_psu=lonely_psu)
+        def run() -> dict[str, Any]:
+            with _threadpool_limit():
+                return estimate(responses, design, lonely_psu=lonely_psu)
+
+        return await asyncio.to_thread(run)
     except EstimationInputError as exc:
         raise Unprocessable(exc.message) from exc
 

@@ -50,7 +50,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             design = read_design_json(args.design)
             responses = read_responses_csv(args.responses, design.items)
-            result = estimate(responses, design, lonely_psu=args.lonely_psu)
+            from services.indexing.compute import _threadpool_limit
+
+            with _threadpool_limit():
+                result = estimate(responses, design, lonely_psu=args.lonely_psu)
         except EstimationInputError as exc:
             print(f"error: {exc.message}", file=sys.stderr)
             return EXIT_BAD_INPUT

@@ -248,6 +248,12 @@ def _quad(coef: np.ndarray, cov: np.ndarray) -> float:
     return float(c @ np.nan_to_num(cov[np.ix_(used, used)], nan=0.0) @ c)
 
 
+def _quads(C: np.ndarray, cov: np.ndarray) -> np.ndarray:
+    """diag(C V Cᵀ) for the rows of C: the variances of many linear combinations at once."""
+    V = np.nan_to_num(cov, nan=0.0)
+    return np.einsum("ij,ij->i", C @ V, C)
+
+
 def _value(coef: np.ndarray, ratio: np.ndarray) -> float:
     used = coef != 0
     return float(coef[used] @ ratio[used])
@@ -423,20 +429,24 @@ def _compute_run(forms: AcceptedForms, methodology: Methodology, frame_sizes: Ma
             if kind == "nation":
                 nation_est = {"design": r_w, "none": r_u, "srs": r_s}
             inds = indicators_for(design, items, available, with_items)
-            for ind in inds:
+            # Every indicator's value and variance in one matrix product per estimate:
+            # v = C·R and diag(C V Cᵀ) (unused columns have coefficient 0; NaN there counts as 0).
+            C = np.array([ind.coef if ind.coef is not None else np.zeros(k) for ind in inds])
+            quads = {name: _quads(C, r.cov) for name, r in (("none", r_u), ("design", r_w), ("srs", r_s))}
+            values = {name: C @ np.nan_to_num(r.ratio, nan=0.0) for name, r in (("none", r_u), ("design", r_w))}
+            for pos, ind in enumerate(inds):
                 if ind.coef is None:
                     n_ind = 0
                 elif ind.indicator == "item":
                     n_ind = int(r_w.n[np.flatnonzero(ind.coef)[0]])
                 else:
                     n_ind = respondents_with_any(ind.coef, d)
-                srs_var = None if ind.coef is None else _quad(ind.coef, r_s.cov)
-                for wname, r in (("none", r_u), ("design", r_w)):
-                    ratio = r.ratio if wname == "design" else r_u.ratio
+                srs_var = None if ind.coef is None else float(quads["srs"][pos])
+                for wname in ("none", "design"):
                     if ind.coef is None:
                         value = var = None
                     else:
-                        value, var = _value(ind.coef, ratio), _quad(ind.coef, r.cov)
+                        value, var = float(values[wname][pos]), float(quads[wname][pos])
                     dom_code = NATION + ":pooled" if kind == "nation" else code_out
                     cells.append(make_cell(kind, dom_code, ind.indicator, ind.code, wname, value, var, n_ind,
                                            srs_var, thresholds))

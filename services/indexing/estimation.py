@@ -593,10 +593,11 @@ class SampleDesign:
             V[d] += Z.T @ Z
         absent = (self.n_h[g_st] - m_g) * self.scale[g_st]
         Zb = zbar * np.sqrt(absent)[:, None]
-        for d in range(D):
-            sel = g_dom == d
-            if sel.any():
-                V[d] += Zb[sel].T @ Zb[sel]
+        # Groups are sorted by domain: each domain's groups are one contiguous slice.
+        g_bounds = np.searchsorted(g_dom, np.arange(D + 1))
+        for d in np.flatnonzero(np.diff(g_bounds)):
+            zb = Zb[g_bounds[d]:g_bounds[d + 1]]
+            V[d] += zb.T @ zb
 
         Uy = by_domain(UY)
         Ua = by_domain(UA)

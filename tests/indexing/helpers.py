@@ -101,11 +101,19 @@ def rejected(wave_id, form_code: str, *, version: int) -> ResponseRejected:
 
 
 async def publish(stack, *events) -> None:
-    """Publish in order without waiting for each one to be handled (the in-process bus waits for
-    the consumers of each publish; a queue still keeps the order)."""
+    """Publish in order. The in-process bus returns from a publish only once the event is handled,
+    so there the events go out in small concurrent batches (each queue still keeps the order);
+    RabbitMQ returns on the broker's confirm, so one at a time is fast and keeps its channel calm."""
     import asyncio
 
-    await asyncio.gather(*(stack.bus.publish(make_event(e)) for e in events))
+    from shared.bus.memory import InMemoryBus
+
+    if not isinstance(stack.bus, InMemoryBus):
+        for e in events:
+            await stack.bus.publish(make_event(e))
+        return
+    for start in range(0, len(events), 25):
+        await asyncio.gather(*(stack.bus.publish(make_event(e)) for e in events[start:start + 25]))
 
 
 def seed_methodologies(stack, *methodologies) -> None:

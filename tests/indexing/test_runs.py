@@ -35,7 +35,7 @@ async def _accepted_count(clients, headers, wave_id: str, n: int):
         assert r.json()["accepted_forms"] == n, r.json()
         return r.json()
 
-    return await eventually(check, timeout=30)
+    return await eventually(check, timeout=90)
 
 
 async def _wave(stack, clients, headers, *, year=2024, methodology=None, **kw):
