@@ -35,7 +35,7 @@ from services.sampling import units
 from services.sampling.metrics import FRAME_RECORDS
 from services.sampling.models import Wave, frame, frame_batch, frame_contact, frame_record
 from shared import audit
-from shared.auth import Principal, Role, SCOPED_ROLES, ensure_province_visible
+from shared.auth import SCOPED_ROLES, Principal, Role, ensure_province_visible
 from shared.db import utcnow
 from shared.errors import Conflict, Forbidden, InvalidState, NotFound, PayloadTooLarge, Unprocessable
 
@@ -96,7 +96,7 @@ class TransactionRecord(_Record):
     respondent_type: Literal["citizen", "organisation"]
 
     @model_validator(mode="after")
-    def _dates(self) -> "TransactionRecord":
+    def _dates(self) -> TransactionRecord:
         if self.received_on and self.result_on and self.result_on < self.received_on:
             raise ValueError("result_on is before received_on")
         return self
@@ -532,4 +532,4 @@ async def close_frame(session: AsyncSession, tables, principal: Principal, wave_
     return await read_frame(session, principal, wave_id)
 
 
-__all__ = ["push_batch", "upload_csv", "read_frame", "close_frame", "fingerprint", "CSV_COLUMNS", "tuple_"]
+__all__ = ["CSV_COLUMNS", "close_frame", "fingerprint", "push_batch", "read_frame", "tuple_", "upload_csv"]

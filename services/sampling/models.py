@@ -43,9 +43,9 @@ class Wave(Base, table=True):
 # ``executemany`` inserts rather than ORM objects, and their composite keys make the
 # natural identity (wave, transaction id) the primary key — pushing a record twice is one row.
 
-from sqlalchemy import Date, Float, Index, Integer, String, Table, Text  # noqa: E402
+from sqlalchemy import Date, Float, Index, Integer, String, Table, Text
 
-from shared.db import JSONType  # noqa: E402
+from shared.db import JSONType
 
 metadata = Base.metadata
 

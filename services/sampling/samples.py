@@ -24,10 +24,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.sampling import frames as F
 from services.sampling.drawing import active_draw, sampled_unit, unit_out
-from services.sampling.metrics import RESERVE_EXHAUSTED, REPLACEMENTS
+from services.sampling.metrics import REPLACEMENTS, RESERVE_EXHAUSTED
 from services.sampling.models import Wave, frame_contact, sample_unit
 from shared import audit
-from shared.auth import Principal, Role, SCOPED_ROLES
+from shared.auth import SCOPED_ROLES, Principal, Role
 from shared.contracts.sampling import UnitReplaced
 from shared.db import utcnow
 from shared.errors import Forbidden, InvalidState, NotFound

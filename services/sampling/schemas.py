@@ -34,7 +34,7 @@ class WaveCreate(BaseModel):
     unit_set: UnitSet = Field("vn-2025", description="Administrative map the frames are checked against")
 
     @model_validator(mode="after")
-    def _check(self) -> "WaveCreate":
+    def _check(self) -> WaveCreate:
         if self.scope == "provincial" and not self.province_code:
             raise ValueError("a provincial wave needs province_code")
         if self.scope == "national" and self.province_code:
@@ -284,7 +284,7 @@ class DesignBody(BaseModel):
     multi_stage: MultiStageOptions | None = None
 
     @model_validator(mode="after")
-    def _check(self) -> "DesignBody":
+    def _check(self) -> DesignBody:
         if len(set(self.strata_by)) != len(self.strata_by):
             raise ValueError("strata_by lists a field twice")
         if self.method == "multi_stage" and self.multi_stage is None:

@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.sampling.models import Wave
 from services.sampling.schemas import WaveCreate, WaveUpdate
 from shared import audit
-from shared.auth import Principal, Role, SCOPED_ROLES, ensure_province_visible, ensure_province_writable
+from shared.auth import SCOPED_ROLES, Principal, Role, ensure_province_visible, ensure_province_writable
 from shared.contracts.sampling import WaveCreated, WaveUpdated
 from shared.db import utcnow
 from shared.errors import BadRequest, Conflict, Forbidden, InvalidState, NotFound

@@ -3,6 +3,8 @@ from survey's events → unit.replaced, contacts for Vietnam Post and the provin
 
 from __future__ import annotations
 
+import csv
+import io
 import uuid
 from collections import defaultdict
 
@@ -50,6 +52,9 @@ async def test_draw_stores_sample_and_reserves_and_announces_them(clients, stack
     assert all(u["role"] == "sample" for u in announced)
     text = str(events)
     assert "Nguyễn" not in text and "full_name" not in text and "phone" not in text
+
+    await check_contacts_for_vnpost_and_own_province_only(clients, ministry, wave["id"])
+    await check_observers_download_the_lists_without_contacts(clients, ministry, got)
 
 
 async def test_replacement_requested_releases_reserves_in_order_then_reports_exhaustion(clients, stack):
@@ -99,10 +104,7 @@ async def test_replacement_requested_releases_reserves_in_order_then_reports_exh
     assert len(await sampling_events(stack, "sipas.sampling.unit.replaced.v1")) == len(lost)
 
 
-async def test_contacts_for_vnpost_and_own_province_only(clients, stack):
-    ministry = await clients.key("ministry")
-    got = await drawn_wave(clients, ministry)
-    wave_id = got["wave"]["id"]
+async def check_contacts_for_vnpost_and_own_province_only(clients, ministry, wave_id):
     units = await all_units(clients, ministry, wave_id, role="sample")
     vnpost = await clients.key("vnpost")
     r = await clients.sampling.get(f"/v1/waves/{wave_id}/contacts", headers=vnpost)
@@ -136,3 +138,24 @@ async def test_contacts_for_vnpost_and_own_province_only(clients, stack):
     audit = (await clients.sampling.get(f"/v1/waves/{wave_id}/audit", params={"limit": 1000}, headers=ministry)).json()
     reads = [e for e in audit["items"] if e["action"] == "contacts.read"]
     assert len(reads) >= 4 and all("Nguyễn" not in str(e) for e in reads)
+
+
+async def check_observers_download_the_lists_without_contacts(clients, ministry, got):
+    wave_id = got["wave"]["id"]
+    observer = await clients.key("observer")
+    r = await clients.sampling.get(f"/v1/waves/{wave_id}/sample.csv", headers=observer)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
+    text = r.content.decode("utf-8-sig")
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert len(rows) == got["draw"]["n_sample"] + got["draw"]["n_reserve"]
+    assert "full_name" not in rows[0] and "Nguyễn" not in text
+    assert (await clients.sampling.get(f"/v1/waves/{wave_id}/sample.csv", params={"contacts": True},
+                                       headers=observer)).status_code == 403
+    r = await clients.sampling.get(f"/v1/waves/{wave_id}/sample.csv", params={"contacts": True, "role": "sample"},
+                                   headers=ministry)
+    rows = list(csv.DictReader(io.StringIO(r.content.decode("utf-8-sig"))))
+    assert len(rows) == 60 and all(row["full_name"].startswith("Nguyễn Văn") for row in rows)
+    # A province sees its own province's units only.
+    hcm = await clients.key("province", "79")
+    units = await all_units(clients, hcm, wave_id)
+    assert units and {u["province_code"] for u in units} == {"79"}

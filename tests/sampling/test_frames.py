@@ -79,10 +79,11 @@ async def test_batch_validates_each_record_and_is_idempotent(clients):
     assert r.status_code == 409
     assert r.json()["type"] == "urn:sipas:problem:invalid-state"
 
+    await check_vietnamese_text_is_stored_nfc_and_round_trips(clients, ministry)
 
-async def test_vietnamese_text_is_stored_nfc_and_round_trips(clients):
-    ministry = await clients.key("ministry")
-    wave = await open_wave(clients, ministry)
+
+async def check_vietnamese_text_is_stored_nfc_and_round_trips(clients, ministry):
+    wave = await open_wave(clients, ministry, code="SIPAS-NFC")
     name = "Nguyễn Thị Ánh Tuyết"
     record = {**transactions("01", 1)[0], "full_name": unicodedata.normalize("NFD", name),
               "address": unicodedata.normalize("NFD", "Số 5, Phường Hoàn Kiếm")}
@@ -97,7 +98,7 @@ async def test_vietnamese_text_is_stored_nfc_and_round_trips(clients):
     from services.sampling.models import frame_contact
 
     async with app.state.sessions() as session:
-        stored = (await session.execute(select(frame_contact.c.full_name))).scalar_one()
+        stored = (await session.execute(select(frame_contact.c.full_name).where(frame_contact.c.wave_id == wave["id"]))).scalar_one()
     assert stored == name and unicodedata.is_normalized("NFC", stored)
 
 
