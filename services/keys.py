@@ -29,6 +29,18 @@ async def issue(platform: PlatformSettings, role: Role, label: str, province_cod
     return issued
 
 
+async def issue_many(platform: PlatformSettings, wanted: list[tuple[Role, str, str | None]]) -> list[IssuedKey]:
+    """Several keys at once (one connection per service database): (role, label, province)."""
+    issued = [new_key(role, label, province) for role, label, province in wanted]
+
+    async def store(session, table):
+        for key in issued:
+            await store_key(session, table, key)
+
+    await _each_service(platform, store)
+    return issued
+
+
 async def revoke(platform: PlatformSettings, prefix: str) -> bool:
     return any(await _each_service(platform, lambda session, table: revoke_key(session, table, prefix)))
 
