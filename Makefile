@@ -34,6 +34,11 @@ stack: install
 	SIPAS_BUS_URL=$${SIPAS_BUS_URL:-amqp://guest:guest@127.0.0.1:5672/} \
 	$(PY) -m services stack
 
+## A national wave played through the HTTP APIs against the running stack (starts it if needed).
+## Small run: make demo ARGS="--frame-size 200000 --sample-size 4000"
+demo: install
+	$(PY) -m demo $(ARGS)
+
 migrate: install
 	$(PY) -m services migrate
 
