@@ -130,10 +130,10 @@ class Outcome:
     fraudulent: bool = False
 
 
-def field_outcome(cfg: DemoConfig, methodology: Methodology, unit_id: str, province: str) -> Outcome:
-    """The respondent's behaviour, a pure function of the unit: refuse, be unreachable, answer on
-    paper (collected by Vietnam Post) or online."""
-    rng = _rng(cfg.seed, "outcome", unit_id)
+def field_outcome(cfg: DemoConfig, methodology: Methodology, place: str, province: str) -> Outcome:
+    """The respondent's behaviour, a pure function of the unit's place in the sample (stratum,
+    list, order): refuse, be unreachable, answer on paper (collected by Vietnam Post) or online."""
+    rng = _rng(cfg.seed, "outcome", place)
     r = rng.random()
     if r < cfg.refusal_rate:
         return Outcome("refused")
@@ -173,10 +173,10 @@ def fraudulent_answers(methodology: Methodology) -> dict:
     return {item.code: 5 for element in methodology.elements() for item in element.items}
 
 
-def back_check_result(cfg: DemoConfig, fraudulent: bool, form_code: str) -> str:
+def back_check_result(cfg: DemoConfig, fraudulent: bool, place: str) -> str:
     """What the provincial team hears when it calls back: respondents of the fraudulent
     enumerator never answered (denied); the rest mostly confirm."""
     if fraudulent:
         return "denied"
-    r = _rng(cfg.seed, "back_check", form_code).random()
+    r = _rng(cfg.seed, "back_check", place).random()
     return "confirmed" if r < 0.93 else "not_reached"

@@ -107,6 +107,10 @@ class Scenario:
         self.communes: dict[str, list[str]] = {}
         self.wave: dict[str, Any] = {}
         self.fraud_enumerator = ""
+        # unit_id → "stratum/role/order": unit ids are fixed per draw, and a draw id is new in
+        # every wave, but a unit's place in its stratum's lists is the same for the same frame,
+        # design and seed. Behaviour keyed on it makes a re-run (or another backend) identical.
+        self.place: dict[str, str] = {}
         self.fraud_forms: set[str] = set()
 
     @property
@@ -224,6 +228,8 @@ class Scenario:
             draw = await _ok(current)
         self.report.counts["sampled units"] = sum(st["n"] for st in draw.get("strata", [])) or draw.get("n", 0)
         self.p.note(f"sample hash {draw['sample_hash'][:16]}… (observers can verify it with the seed)")
+        units = await self._all(s, f"/v1/waves/{wid}/sample", {}, "ministry", limit=5000)
+        self.place = {u["unit_id"]: f"{u['stratum']}/{u['role']}/{u['order']}" for u in units}
         wave = await _ok(await s.get(f"/v1/waves/{wid}", headers=self.a.h("ministry")))
         if wave["status"] == "sampled":
             wave = await _ok(await s.patch(f"/v1/waves/{wid}", headers=self.a.h("ministry"),
@@ -285,7 +291,7 @@ class Scenario:
         assignments = []
         for province, fs in by_province.items():
             # By unit (form codes are random): the same units get the same enumerator on every run.
-            for i, f in enumerate(sorted(fs, key=lambda f: f["unit_id"])):
+            for i, f in enumerate(sorted(fs, key=lambda f: self.place[f["unit_id"]])):
                 if f["enumerator_id"]:
                     continue
                 assignments.append({"form_code": f["form_code"], "post_office": f"BC-{province}",
@@ -306,7 +312,7 @@ class Scenario:
                 answers.append({"form_code": f["form_code"], "answers": data.fraudulent_answers(m),
                                 "enumerator_id": f["enumerator_id"], "duration_seconds": 40.0})
                 continue
-            out = data.field_outcome(self.cfg, m, f["unit_id"], f["province_code"])
+            out = data.field_outcome(self.cfg, m, self.place[f["unit_id"]], f["province_code"])
             if out.kind in ("refused", "unreachable"):
                 statuses.append({"form_code": f["form_code"], "status": out.kind, "enumerator_id": f["enumerator_id"],
                                  "replacement_reason": "refused" if out.kind == "refused" else "unreachable"})
@@ -378,7 +384,8 @@ class Scenario:
                 for item in listing["items"]:
                     if item["outcome"] is not None:
                         continue
-                    outcome = data.back_check_result(self.cfg, item["form_code"] in self.fraud_forms, item["form_code"])
+                    outcome = data.back_check_result(self.cfg, item["form_code"] in self.fraud_forms,
+                                                     self.place.get(item["unit_id"], item["form_code"]))
                     await _ok(await v.post(f"/v1/waves/{wid}/back-checks/{item['form_code']}/outcome",
                                            headers=self.a.h(f"province:{province}"), json={"outcome": outcome}))
                     done += 1
