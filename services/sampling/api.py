@@ -111,6 +111,8 @@ async def wave_audit(
 # Administrative units and the crosswalk
 
 units_router = APIRouter(prefix="/v1", tags=["units"])
+UNIT_SET = r"^[a-z0-9][a-z0-9.-]{1,39}$"
+UNIT_CODE = r"^[0-9]{2,5}$"
 
 
 @units_router.get("/unit-sets", response_model=list[UnitSetSummary], summary="Administrative maps known")
@@ -123,9 +125,9 @@ async def list_unit_sets(request: Request, principal: CurrentPrincipal) -> list[
 async def list_units(
     request: Request,
     principal: CurrentPrincipal,
-    unit_set: Annotated[str, Query(max_length=40)] = units.CURRENT_SET,
+    unit_set: Annotated[str, Query(pattern=UNIT_SET)] = units.CURRENT_SET,
     level: Annotated[UnitLevel | None, Query()] = None,
-    province_code: Annotated[str | None, Query(max_length=10)] = None,
+    province_code: Annotated[str | None, Query(pattern=UNIT_CODE)] = None,
     limit: Annotated[int, Query(ge=1, le=5000)] = 500,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
 ) -> UnitPage:
@@ -154,9 +156,9 @@ async def import_crosswalk(
 async def read_crosswalk(
     request: Request,
     principal: CurrentPrincipal,
-    from_set: Annotated[str, Query(max_length=40)],
-    to_set: Annotated[str, Query(max_length=40)] = units.CURRENT_SET,
-    from_code: Annotated[str | None, Query(max_length=10)] = None,
+    from_set: Annotated[str, Query(pattern=UNIT_SET)],
+    to_set: Annotated[str, Query(pattern=UNIT_SET)] = units.CURRENT_SET,
+    from_code: Annotated[str | None, Query(pattern=UNIT_CODE)] = None,
     limit: Annotated[int, Query(ge=1, le=5000)] = 500,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
 ) -> CrosswalkPage:

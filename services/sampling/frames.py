@@ -22,6 +22,7 @@ import hashlib
 import io
 import json
 import unicodedata
+import uuid
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
@@ -144,8 +145,17 @@ CSV_COLUMNS = {kind: tuple(model.model_fields) for kind, model in RECORD_MODELS.
 # access and state checks
 
 
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
 async def _wave_for_frame(session: AsyncSession, principal: Principal, wave_id: str) -> Wave:
-    wave = await session.get(Wave, wave_id)
+    # Not a UUID: no such wave (and no odd bytes, such as NUL, ever reach the database).
+    wave = await session.get(Wave, wave_id) if _is_uuid(wave_id) else None
     if wave is None:
         raise NotFound(f"No wave {wave_id}.")
     ensure_province_visible(principal, wave.province_code, "wave")

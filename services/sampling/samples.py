@@ -130,7 +130,7 @@ async def replace(session: AsyncSession, tables, principal: Principal | None, wa
                   reason: str, *, form_code: str | None = None) -> dict:
     """Release the next reserve of the unit's group for ``unit_id`` (idempotent: a unit already
     replaced, or already found without a reserve, returns what happened then)."""
-    wave = await session.get(Wave, wave_id)
+    wave = await session.get(Wave, wave_id) if F._is_uuid(wave_id) else None
     if wave is None:
         raise NotFound(f"No wave {wave_id}.")
     if principal is not None:

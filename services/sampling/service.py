@@ -62,7 +62,9 @@ async def create_wave(session: AsyncSession, tables: dict[str, Table], principal
 
 
 async def get_wave(session: AsyncSession, principal: Principal, wave_id: str) -> Wave:
-    wave = await session.get(Wave, wave_id)
+    from services.sampling.frames import _is_uuid
+
+    wave = await session.get(Wave, wave_id) if _is_uuid(wave_id) else None
     if wave is None:
         raise NotFound(f"No wave {wave_id}.")
     ensure_province_visible(principal, wave.province_code, "wave")
