@@ -107,3 +107,18 @@ def report(title: str, results: list[Result], json_path: Path | None = None) -> 
         json_path.write_text(
             json.dumps({"title": title, "results": [asdict(r) | {"ratio": r.ratio} for r in results]}, indent=2)
         )
+
+
+async def drop_schemas(database_url: str, schema_prefix: str, services: list[str] | tuple[str, ...]) -> None:
+    """Remove the PostgreSQL schemas a benchmark created (one per service, under its own prefix)."""
+    from sqlalchemy import text
+
+    from shared.db import create_engine
+
+    engine = create_engine(database_url)
+    try:
+        async with engine.begin() as conn:
+            for name in services:
+                await conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema_prefix}{name}" CASCADE'))
+    finally:
+        await engine.dispose()

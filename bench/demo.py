@@ -17,13 +17,15 @@ import uuid
 
 import httpx
 
-from bench.common import Result, parser, report
+from bench.common import Result, drop_schemas, parser, report
 from demo.data import DemoConfig
 from demo.scenario import SERVICES, Scenario, http_actors
+from services import app_module
 from services.embedded import embedded_stack
 from services.keys import issue_many
 from shared.auth import Role
-from shared.settings import PlatformSettings
+from shared.bus.rabbitmq import RabbitMQBus
+from shared.settings import SERVICES as SERVICE_NAMES, PlatformSettings
 
 DATABASE_URL = os.environ.get("SIPAS_TEST_DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
 BUS_URL = os.environ.get("SIPAS_TEST_BUS_URL", "amqp://guest:guest@127.0.0.1:5672/")
@@ -73,9 +75,16 @@ async def amain(cfg: DemoConfig) -> list[Result]:
         try:
             services = await play(cfg, platform)
         finally:
-            from tests.conftest import all_queues, drop_backend
-
-            await drop_backend(platform, all_queues(platform))
+            # The benchmark's own schemas and queues (tests.conftest's cleanup only acts in the
+            # services test tier, so the benchmark does its own).
+            await drop_schemas(DATABASE_URL, platform.schema_prefix, SERVICE_NAMES)
+            bus = RabbitMQBus(BUS_URL, exchange=platform.exchange)
+            await bus.start()
+            try:
+                await bus.delete_queues([f"{platform.queue_prefix}.{n}.{c.name}" for n in SERVICE_NAMES
+                                         for c in app_module(n).SPEC.consumers])
+            finally:
+                await bus.close()
     results = []
     for stage, seconds in embedded.items():
         if services is None:

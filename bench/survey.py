@@ -30,7 +30,7 @@ import time
 import uuid
 from pathlib import Path
 
-from bench.common import Result, parser, report
+from bench.common import Result, parser, report, drop_schemas
 
 PG_URL = os.environ.get("SIPAS_BENCH_DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
 BATCH = 5000
@@ -166,14 +166,7 @@ async def _run(backend: str, n_forms: int, n_online: int) -> list[Result]:
             await client.aclose()
     finally:
         if backend == "postgresql":
-            from sqlalchemy import text as _text
-
-            from shared.db import create_engine
-
-            engine = create_engine(PG_URL)
-            async with engine.begin() as conn:
-                await conn.execute(_text(f'DROP SCHEMA IF EXISTS "{platform.schema_prefix}survey" CASCADE'))
-            await engine.dispose()
+            await drop_schemas(PG_URL, platform.schema_prefix, ["survey"])
     return results
 
 
