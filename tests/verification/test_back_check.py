@@ -3,9 +3,12 @@ voiding of denied forms, contacts read from sampling with the caller's key, bad 
 
 from __future__ import annotations
 
+import datetime as dt
+import uuid
+from types import SimpleNamespace
+
 import httpx
 import pytest
-from fastapi import FastAPI, Query, Request
 
 from tests.conftest import eventually
 from tests.verification.helpers import Wave, accepted_set, decisions, good_answers, methodology
@@ -161,51 +164,66 @@ async def test_back_check_bad_input(stack, clients):
     assert f["form"]["voided"] is False and f["form"]["published"] == "accepted"
 
 
-def _stub_sampling(seen: list[dict]) -> FastAPI:
-    """Sampling's contacts endpoint as agreed (GET /v1/waves/{wave_id}/contacts?unit_id=…, roles
-    vnpost, province (own), ministry; ContactPage answer). Records what it was asked."""
-    stub = FastAPI()
+async def test_back_check_contacts_come_from_the_real_sampling_service_for_the_team_province_only(stack, clients):
+    """The whole path with no stand-in: sampling draws a real frame with contacts, survey makes the
+    forms, respondents answer online, verification accepts them; the provincial team's back-check
+    list then carries the contacts sampling gives to that team's key (own province only), and
+    nothing about units of another province."""
+    from tests.sampling.helpers import drawn_wave
+    from tests.survey.helpers import full_answers
 
-    @stub.get("/v1/waves/{wave_id}/contacts")
-    async def contacts(wave_id: str, request: Request, unit_id: list[str] = Query(default=[])):
-        seen.append({"key": request.headers.get("X-API-Key"), "token": request.headers.get("X-Internal-Token"),
-                     "units": unit_id})
-        return {
-            "items": [{"unit_id": u, "province_code": "01", "commune_code": "01001", "full_name": f"Người {u[:4]}",
-                       "phone": "0900000000", "email": "x@example.org", "address": "Số 1, Hà Nội"} for u in unit_id],
-            "not_available": [],
-        }
-
-    return stub
-
-
-async def test_back_check_list_carries_contacts_read_from_sampling_with_the_callers_key(stack, clients):
     ministry = await clients.key("ministry")
     team = await clients.key("province", "01")
-    wave, units = await _collected_wave(stack, clients, ministry, {"E1": 4})
-    await _draw(clients, wave, team)
-    app = stack.apps["verification"]
-    seen: list[dict] = []
-    original = app.state.peers["sampling"]
-    app.state.peers["sampling"] = httpx.AsyncClient(transport=httpx.ASGITransport(app=_stub_sampling(seen)),
-                                                    base_url="http://sampling")
-    try:
-        page = await _list(clients, wave, team)
-        assert page["contacts_unavailable"] is None
-        assert seen[-1]["key"] == team["X-API-Key"] and seen[-1]["token"] is None  # the team's own rights
-        assert sorted(seen[-1]["units"]) == sorted(i["unit_id"] for i in page["items"])
-        for item in page["items"]:
-            # What the team needs to reach the respondent, nothing more.
-            assert set(item["contact"]) == {"full_name", "phone", "address"}
-        # A form with an outcome no longer needs contacts.
-        code = page["items"][0]["form_code"]
-        assert (await _outcome(clients, wave, code, team, "confirmed")).status_code == 200
-        page = await _list(clients, wave, team)
-        assert [i["contact"] is None for i in page["items"] if i["form_code"] == code] == [True]
-        assert len(seen[-1]["units"]) == len(page["items"]) - 1
-    finally:
-        await app.state.peers["sampling"].aclose()
-        app.state.peers["sampling"] = original
+    drawn = await drawn_wave(clients, ministry, code=f"BC-{uuid.uuid4().hex[:6]}",
+                             design={"strata_by": ["province_code"], "total": 8, "allocation": "equal",
+                                     "reserve_share": 0.0})
+    wave_id, wave_code = drawn["wave"]["id"], drawn["wave"]["code"]
+    real = SimpleNamespace(wave_id=wave_id)
+    r = await clients.sampling.patch(f"/v1/waves/{wave_id}", json={"status": "in_field"}, headers=ministry)
+    assert r.status_code == 200, r.text
+
+    forms: list[dict] = []
+
+    async def forms_made():
+        r = await clients.survey.get("/v1/forms", params={"wave_id": wave_id, "limit": 100}, headers=ministry)
+        assert r.status_code == 200 and r.json()["total"] == 8, r.text
+        forms[:] = r.json()["items"]
+
+    await eventually(forms_made)
+    started = (dt.datetime.now(dt.UTC) - dt.timedelta(minutes=12)).isoformat()
+    for i, f in enumerate(forms):
+        answers = full_answers()
+        for j, code in enumerate(sorted(k for k, v in answers.items() if isinstance(v, int))):
+            answers[code] = 2 + (i + j) % 4  # varied: not straight-lining
+        r = await clients.survey.post(f"/v1/online/forms/{f['form_code']}/response", params={"wave": wave_code},
+                                      json={"answers": answers, "started_at": started},
+                                      headers={"X-Forwarded-For": f"10.9.0.{i + 1}"})
+        assert r.status_code == 201, r.text
+
+    async def accepted():
+        r = await clients.verification.get(f"/v1/waves/{wave_id}/forms", params={"published": "accepted"},
+                                           headers=ministry)
+        assert r.json()["total"] == 8, r.text
+
+    await eventually(accepted, timeout=20)
+    await _draw(clients, real, team, province="01")
+    page = await _list(clients, real, team)
+    assert page["contacts_unavailable"] is None and page["items"], page
+    own_units = {f["unit_id"] for f in forms if f["province_code"] == "01"}
+    r = await clients.sampling.get(f"/v1/waves/{wave_id}/contacts", params=[("unit_id", u) for u in sorted(own_units)],
+                                   headers=ministry)
+    truth = {c["unit_id"]: c for c in r.json()["items"]}
+    for item in page["items"]:
+        assert item["unit_id"] in own_units
+        expected = truth[item["unit_id"]]
+        assert item["contact"] == {k: expected[k] for k in ("full_name", "phone", "address")}
+        assert item["contact"]["full_name"].startswith("Nguyễn Văn")  # Vietnamese text round-trips
+    # A form with an outcome no longer needs contacts: they are not read again for it.
+    code = page["items"][0]["form_code"]
+    assert (await _outcome(clients, real, code, team, "confirmed")).status_code == 200
+    page = await _list(clients, real, team)
+    assert [i["contact"] is None for i in page["items"] if i["form_code"] == code] == [True]
+    assert all(i["contact"] for i in page["items"] if i["form_code"] != code)
 
 
 async def test_back_check_list_without_contacts_says_why(stack, clients):
