@@ -63,7 +63,7 @@ class RequestSizeLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.settings.tuning.max_request_bytes
+        limit = self.settings.max_request_bytes
         too_large = problem_response(PayloadTooLarge(f"Request bodies are limited to {limit} bytes."))
         declared = None
         for name, value in scope.get("headers") or []:

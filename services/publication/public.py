@@ -72,7 +72,7 @@ def matches(request: Request, etag: str) -> bool:
 
 def cache_headers(request: Request, etag: str) -> dict[str, str]:
     pinned = "as_of" in request.query_params or "version" in request.query_params
-    max_age = request.app.state.settings.tuning.public_max_age_seconds
+    max_age = request.app.state.settings.public_max_age_seconds
     return {
         "ETag": etag,
         "Cache-Control": IMMUTABLE if pinned else f"public, max-age={max_age}",

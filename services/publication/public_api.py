@@ -104,14 +104,14 @@ class RateLimiter:
 async def limit_anonymous(request: Request, principal: OptionalPrincipal) -> None:
     if principal is not None:
         return
-    tuning = request.app.state.settings.tuning
+    settings = request.app.state.settings
     limiter: RateLimiter = request.app.state.rate_limiter
     client = request.client.host if request.client else "unknown"
-    wait = limiter.take(client, tuning.anonymous_rate_per_minute, tuning.anonymous_burst)
+    wait = limiter.take(client, settings.anonymous_rate_per_minute, settings.anonymous_burst)
     if wait:
         retry = max(1, math.ceil(wait))
         raise TooManyRequests(
-            f"Anonymous clients may make {tuning.anonymous_rate_per_minute} requests a minute; retry in {retry} s "
+            f"Anonymous clients may make {settings.anonymous_rate_per_minute} requests a minute; retry in {retry} s "
             "or ask the ministry for a portal key.",
             headers={"Retry-After": str(retry)},
         )

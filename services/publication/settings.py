@@ -1,12 +1,18 @@
-from pydantic import BaseModel, Field
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from shared.settings import ServiceSettings
 
 
-class PublicationTuning(BaseModel):
-    """Knobs of the publication service, set together as JSON in ``SIPAS_PUBLICATION_TUNING``
-    (e.g. ``{"anonymous_rate_per_minute": 1200}``); every one has a production-ready default."""
+class PublicationSettings(ServiceSettings):
+    """Settings of the publication service (env prefix ``SIPAS_PUBLICATION_``).
+
+    Plain fields like every other setting of the platform, one environment variable each
+    (``SIPAS_PUBLICATION_ANONYMOUS_RATE_PER_MINUTE=1200``), so they are listed, checked and
+    overridden the same way; every one has a production-ready default."""
+
+    service = "publication"
+    model_config = SettingsConfigDict(env_prefix="SIPAS_PUBLICATION_", extra="ignore")
 
     # How often the background task looks for releases whose embargo passed and for due webhook
     # deliveries. Visibility itself never waits for it: publish_at is compared with now on reads.
@@ -25,12 +31,3 @@ class PublicationTuning(BaseModel):
     # Cache-Control max-age of public answers that may change (the latest release); answers
     # pinned to a version or a past instant are immutable.
     public_max_age_seconds: int = Field(30, ge=0)
-
-
-class PublicationSettings(ServiceSettings):
-    """Settings of the publication service (env prefix ``SIPAS_PUBLICATION_``)."""
-
-    service = "publication"
-    model_config = SettingsConfigDict(env_prefix="SIPAS_PUBLICATION_", extra="ignore")
-
-    tuning: PublicationTuning = Field(default_factory=PublicationTuning)

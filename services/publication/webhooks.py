@@ -118,7 +118,7 @@ def backoff(base: float, attempts: int) -> float:
 async def _claim_due(app: FastAPI, now: dt.datetime, limit: int = 20) -> list[str]:
     tables = app.state.tables
     d, w = tables["webhook_delivery"], tables["webhook"]
-    lease = now + dt.timedelta(seconds=app.state.settings.tuning.webhook_timeout_seconds + 30)
+    lease = now + dt.timedelta(seconds=app.state.settings.webhook_timeout_seconds + 30)
     claimed = []
     async with transaction(app.state.sessions) as session:
         rows = (await session.execute(
@@ -142,7 +142,7 @@ async def send(app: FastAPI, delivery_id: str, *, replay: bool = False) -> dict:
     """Make one attempt of a delivery and record it; returns the delivery row after it."""
     tables = app.state.tables
     d, w, a = tables["webhook_delivery"], tables["webhook"], tables["webhook_attempt"]
-    tuning = app.state.settings.tuning
+    settings = app.state.settings
     async with app.state.sessions() as session:
         delivery = dict((await session.execute(select(d).where(d.c.id == delivery_id))).mappings().one())
         hook = dict((await session.execute(select(w).where(w.c.id == delivery["webhook_id"]))).mappings().one())
@@ -163,7 +163,7 @@ async def send(app: FastAPI, delivery_id: str, *, replay: bool = False) -> dict:
             error = "the URL does not resolve to public addresses only; not sent"
         else:
             response = await app.state.webhook_client.post(
-                hook["url"], content=body, headers=headers, timeout=tuning.webhook_timeout_seconds
+                hook["url"], content=body, headers=headers, timeout=settings.webhook_timeout_seconds
             )
             status_code = response.status_code
             if not 200 <= status_code < 300:
@@ -182,18 +182,18 @@ async def send(app: FastAPI, delivery_id: str, *, replay: bool = False) -> dict:
         if ok:
             values: dict[str, Any] = {"status": "delivered", "delivered_at": now, "next_attempt_at": None}
             await session.execute(update(w).where(w.c.id == hook["id"]).values(consecutive_failures=0))
-        elif replay or attempts >= tuning.webhook_max_attempts:
+        elif replay or attempts >= settings.webhook_max_attempts:
             # A failed replay is not retried (its owner replays again when ready) and does not
             # undo an earlier success.
             values = {"status": "delivered" if delivery["status"] == "delivered" else "failed", "next_attempt_at": None}
         else:
             values = {"status": "pending",
-                      "next_attempt_at": now + dt.timedelta(seconds=backoff(tuning.webhook_retry_base_seconds, attempts))}
+                      "next_attempt_at": now + dt.timedelta(seconds=backoff(settings.webhook_retry_base_seconds, attempts))}
         await session.execute(update(d).where(d.c.id == delivery_id).values(attempts=attempts, **values))
         if not ok:
             failures = hook["consecutive_failures"] + 1
             changes: dict[str, Any] = {"consecutive_failures": failures}
-            if failures >= tuning.webhook_disable_after and hook["active"]:
+            if failures >= settings.webhook_disable_after and hook["active"]:
                 changes.update(active=False, disabled_at=now,
                                disabled_reason=f"{failures} consecutive failed deliveries (last: {error})")
                 log.warning("webhook %s disabled after %d consecutive failures", hook["id"], failures)
@@ -242,7 +242,7 @@ class Scheduler:
             except Exception:  # keep the loop alive; the next round retries
                 log.exception("publication scheduler round failed")
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), self.app.state.settings.tuning.scheduler_poll_seconds)
+                await asyncio.wait_for(self.wake.wait(), self.app.state.settings.scheduler_poll_seconds)
             self.wake.clear()
 
     def start(self) -> None:

@@ -174,7 +174,7 @@ async def test_bad_input_gets_clear_problems_and_limits_hold(stack, clients):
     assert r.status_code == 409  # nothing public to correct yet
 
     # Limits: anonymous rate (429 with Retry-After), request size (413).
-    tuning = s.app.state.settings.tuning
+    tuning = s.app.state.settings
     tuning.anonymous_burst = 5
     tuning.anonymous_rate_per_minute = 6
     statuses = [(await s.api.get(f"/v1/public/releases/{release_id}")).status_code for _ in range(7)]

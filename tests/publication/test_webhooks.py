@@ -14,7 +14,7 @@ async def test_a_subscriber_failing_twice_gets_exactly_one_successful_delivery_a
     s = Scenario(stack, clients)
     await s.keys()
     await _webhook_urls_are_checked(s, clients)
-    tuning = s.app.state.settings.tuning
+    tuning = s.app.state.settings
     tuning.webhook_retry_base_seconds = 0.05
     tuning.scheduler_poll_seconds = 0.05
     tuning.webhook_max_attempts = 5
