@@ -4,6 +4,11 @@
 ``python -m services serve NAME`` processes, as production runs them (services tier only: they
 need PostgreSQL and RabbitMQ to talk to each other). Ports are picked free, data and schemas are
 the test's own, and everything is stopped and dropped afterwards.
+
+``each``: like ``separate``, but this object starts the five ``serve`` processes itself (after
+``migrate``) instead of through ``python -m services stack``, so it holds each one's PID: fault
+tests ``kill(name)`` one service with SIGKILL (no shutdown code runs, as when a machine or the
+OOM killer takes it) and ``restart(name)`` it.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ class StackProcess:
     urls: dict[str, str]
     procs: list[subprocess.Popen] = field(default_factory=list)
     log_dir: Path | None = None
+    by_name: dict[str, subprocess.Popen] = field(default_factory=dict)  # mode "each" only
 
     def cli(self, *args: str, timeout: float = 120) -> str:
         out = subprocess.run(
@@ -59,6 +65,12 @@ class StackProcess:
         if mode == "embedded":
             self.cli("migrate")
             commands = [("all", ["run"])]
+        elif mode == "each":
+            self.cli("migrate")
+            for name in self.urls:
+                self.spawn(name)
+            self.wait_ready(timeout=90)
+            return
         else:
             # `python -m services stack` (what `make stack` runs): migrate, then five processes.
             commands = [("stack", ["stack"])]
@@ -69,9 +81,35 @@ class StackProcess:
             )
         self.wait_ready(timeout=90)
 
-    def wait_ready(self, timeout: float = 60) -> None:
+    def spawn(self, name: str) -> subprocess.Popen:
+        """Start ``python -m services serve NAME``; its log is appended to across restarts."""
+        assert self.log_dir is not None
+        with open(self.log_dir / f"{name}.log", "ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "services", "serve", name], env=self.env, cwd=ROOT, stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        self.procs.append(proc)
+        self.by_name[name] = proc
+        return proc
+
+    def kill(self, name: str) -> int:
+        """SIGKILL one service process (mode ``each``), by its PID; return its exit code."""
+        proc = self.by_name.pop(name)
+        proc.kill()
+        code = proc.wait(timeout=30)
+        self.procs.remove(proc)
+        return code
+
+    def restart(self, name: str, timeout: float = 90) -> None:
+        """Start a killed service again and wait until it answers ``/readyz``."""
+        assert name not in self.by_name, f"{name} is still running"
+        self.spawn(name)
+        self.wait_ready(timeout=timeout, names=[name])
+
+    def wait_ready(self, timeout: float = 60, names: list[str] | None = None) -> None:
         deadline = time.monotonic() + timeout
-        pending = dict(self.urls)
+        pending = {n: u for n, u in self.urls.items() if names is None or n in names}
         while pending:
             for p in self.procs:
                 if p.poll() is not None:
