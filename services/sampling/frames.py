@@ -27,7 +27,9 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError, model_validator
+from typing_extensions import NotRequired, Required, TypedDict
+
+from pydantic import BaseModel, ConfigDict, StringConstraints, TypeAdapter, ValidationError, model_validator
 from sqlalchemy import func, select, text, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -141,6 +143,78 @@ RECORD_COLUMNS = ("province_code", "commune_code", "village_code", "household_id
 CSV_COLUMNS = {kind: tuple(model.model_fields) for kind, model in RECORD_MODELS.items()}
 
 
+# The same formats as TypedDicts, validated a whole chunk at a time by one TypeAdapter: the
+# models above cost an object and a Python validator call per record, which at a million records
+# is most of an upload's time; pydantic-core checks a list of TypedDicts without leaving Rust.
+# (The models stay: they document the formats and give the CSV columns.) Text is stripped and
+# NFC-normalised before validation by ``_clean``, as the models' before-validator does.
+_ContactFields = dict(
+    full_name=NotRequired[Name | None], phone=NotRequired[Phone | None], email=NotRequired[Email | None],
+    address=NotRequired[Annotated[str, StringConstraints(min_length=1, max_length=500)] | None],
+)
+_STRICT = ConfigDict(extra="forbid")
+_TransactionDict = TypedDict("_TransactionDict", {
+    "transaction_id": Required[Key], "province_code": Required[Province], "commune_code": NotRequired[Commune | None],
+    "procedure_code": Required[Short],
+    "field": Required[Annotated[str, StringConstraints(min_length=1, max_length=100)]],
+    "level": Required[Literal["central", "province", "district", "commune"]], "agency": NotRequired[Name | None],
+    "received_on": NotRequired[dt.date | None], "result_on": NotRequired[dt.date | None],
+    "respondent_type": Required[Literal["citizen", "organisation"]], **_ContactFields,
+})
+_ResidentDict = TypedDict("_ResidentDict", {
+    "person_id": Required[Key], "province_code": Required[Province], "commune_code": Required[Commune],
+    "village_code": Required[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,39}$")]],
+    "household_id": NotRequired[Annotated[str, StringConstraints(min_length=1, max_length=60)] | None],
+    **_ContactFields,
+})
+
+def _in_model_order(td, model: type[BaseModel]):
+    """The TypedDict with its keys in the model's field order, so problems are listed in the
+    same order as the model lists them."""
+    fields = td.__annotations__
+    assert set(fields) == set(model.model_fields), td
+    ordered = TypedDict(td.__name__, {name: fields[name] for name in model.model_fields})
+    ordered.__pydantic_config__ = _STRICT
+    return ordered
+
+
+_TransactionDict = _in_model_order(_TransactionDict, TransactionRecord)
+_ResidentDict = _in_model_order(_ResidentDict, ResidentRecord)
+CHUNK_ADAPTERS = {"transaction": TypeAdapter(list[_TransactionDict]), "resident": TypeAdapter(list[_ResidentDict])}
+_DATES_PROBLEM = "record: Value error, result_on is before received_on"  # as TransactionRecord._dates words it
+
+
+def _clean(item: dict) -> dict:
+    """Strip, NFC-normalise and turn empty text into a missing value, in place (the record is the
+    request's own; its payload hash was taken before). Same effect as ``_nfc_strings``."""
+    for k, v in item.items():
+        if v.__class__ is str:
+            s = v.strip()
+            if not s:
+                item[k] = None
+            elif not s.isascii():
+                item[k] = unicodedata.normalize("NFC", s)
+            elif s is not v:
+                item[k] = s
+    return item
+
+
+def _validate_chunk(kind: str, items: list[dict]) -> tuple[list[tuple[int, dict]], dict[int, list[str]]]:
+    """Validate records with one call; returns (position, valid record) pairs and the problems
+    of the others by position. Only when some record fails are the others validated again."""
+    adapter = CHUNK_ADAPTERS[kind]
+    try:
+        return list(enumerate(adapter.validate_python(items))), {}
+    except ValidationError as exc:
+        bad: dict[int, list[str]] = {}
+        # Field names and rule messages only: never echo a value (it may be a name or a phone).
+        for e in exc.errors(include_url=False, include_context=False, include_input=False):
+            loc = e["loc"]
+            bad.setdefault(loc[0], []).append(f"{'.'.join(str(p) for p in loc[1:]) or 'record'}: {e['msg']}")
+    good = [i for i in range(len(items)) if i not in bad]
+    return list(zip(good, adapter.validate_python([items[i] for i in good]))), bad
+
+
 # --------------------------------------------------------------------------------------------
 # access and state checks
 
@@ -209,6 +283,7 @@ class Ingest:
     rejected: int = 0
     errors: list[dict] = field(default_factory=list)
     seen: dict[str, tuple] = field(default_factory=dict)
+    staging: bool = False  # PostgreSQL: the COPY staging table exists in this transaction
 
     def error(self, index: int, key: str | None, problems: list[str]) -> None:
         self.rejected += 1
@@ -222,87 +297,109 @@ class Ingest:
                     errors_truncated=self.rejected > len(self.errors), replayed=False)
 
 
-def _problems(exc: ValidationError) -> list[str]:
-    # Field names and rule messages only: never echo a value (it may be a name or a phone).
-    return [f"{'.'.join(str(p) for p in e['loc']) or 'record'}: {e['msg']}" for e in exc.errors()]
-
-
 async def ingest_chunk(session: AsyncSession, state: Ingest, raw: list[tuple[int, Any]]) -> None:
-    """Validate and store up to a few thousand records (index, raw dict)."""
-    model = RECORD_MODELS[state.kind]
-    key_field = KEY_FIELD[state.kind]
-    valid: dict[str, tuple[int, dict, dict | None]] = {}
+    """Validate and store up to a few thousand records (index, raw dict).
+
+    Records are plain tuples from validation to the database (no object per record): the record
+    row in ``_ALL`` order, its contact in ``_CONTACT`` order.
+    """
+    kind = state.kind
+    key_field = KEY_FIELD[kind]
+    items: list[dict] = []
+    positions: list[int] = []
     for index, item in raw:
         state.received += 1
-        key = item.get(key_field) if isinstance(item, dict) else None
-        key = key if isinstance(key, str) else None
         if not isinstance(item, dict):
             state.error(index, None, ["record: must be an object"])
             continue
-        try:
-            rec = model.model_validate(item)
-        except ValidationError as exc:
-            state.error(index, key, _problems(exc))
+        items.append(_clean(item))
+        positions.append(index)
+    checked, bad = _validate_chunk(kind, items)
+    for i, problems in bad.items():
+        key = items[i].get(key_field)
+        state.error(positions[i], key if isinstance(key, str) else None, problems)
+
+    wave_id = state.wave.id
+    index_units = state.index
+    commune_province = index_units.commune_province
+    provinces = index_units.provinces
+    only_province = state.principal.province_code if state.principal.role in SCOPED_ROLES else None
+    wave_province = state.wave.province_code
+    seen = state.seen
+    transaction = kind == "transaction"
+    # key -> (position, record row, contact row or None)
+    valid: dict[str, tuple[int, tuple, tuple | None]] = {}
+    for i, rec in checked:
+        index = positions[i]
+        key = rec[key_field]
+        province, commune = rec["province_code"], rec.get("commune_code")
+        if transaction:
+            received_on, result_on = rec.get("received_on"), rec.get("result_on")
+            if received_on and result_on and result_on < received_on:
+                state.error(index, key, [_DATES_PROBLEM])
+                continue
+        if commune is None or commune_province.get(commune) != province or province not in provinces:
+            unit_problem = index_units.problem(province, commune)
+            if unit_problem:
+                state.error(index, key, [unit_problem])
+                continue
+        if only_province is not None and province != only_province:
+            state.error(index, key, [f"province_code: this key may push records of province {only_province} only"])
             continue
-        unit_problem = state.index.problem(rec.province_code, rec.commune_code)
-        if unit_problem:
-            state.error(index, rec.key, [unit_problem])
+        if wave_province is not None and province != wave_province:
+            state.error(index, key, [f"province_code: the wave covers province {wave_province} only"])
             continue
-        if state.principal.role in SCOPED_ROLES and rec.province_code != state.principal.province_code:
-            state.error(index, rec.key, [f"province_code: this key may push records of province "
-                                         f"{state.principal.province_code} only"])
-            continue
-        if state.wave.province_code is not None and rec.province_code != state.wave.province_code:
-            state.error(index, rec.key, [f"province_code: the wave covers province {state.wave.province_code} only"])
-            continue
-        row = rec.row()
-        content = tuple(row[c] for c in RECORD_COLUMNS)
-        earlier = state.seen.get(rec.key) if rec.key in state.seen else None
-        if earlier is None and rec.key in valid:
-            earlier = tuple(valid[rec.key][1][c] for c in RECORD_COLUMNS)
+        if transaction:
+            row = (wave_id, key, province, commune, None, None, rec["procedure_code"], rec["field"], rec["level"],
+                   rec.get("agency"), received_on, result_on, rec["respondent_type"])
+        else:
+            row = (wave_id, key, province, commune, rec["village_code"], rec.get("household_id"), None, None, None,
+                   None, None, None, "citizen")
+        earlier = seen.get(key)
+        if earlier is None and key in valid:
+            earlier = valid[key][1][2:]
         if earlier is not None:
-            if earlier == content:
+            if earlier == row[2:]:
                 state.duplicates += 1
             else:
-                state.error(index, rec.key, ["record_key: appears twice in this upload with different content"])
+                state.error(index, key, ["record_key: appears twice in this upload with different content"])
             continue
-        valid[rec.key] = (index, row, rec.contact())
+        contact = (rec.get("full_name"), rec.get("phone"), rec.get("email"), rec.get("address"))
+        valid[key] = (index, row, (wave_id, key, *contact) if any(contact) else None)
     if not valid:
         return
-    wave_id = state.wave.id
     conn = await session.connection()
-    # Insert first, ON CONFLICT DO NOTHING RETURNING the keys that were new: a fresh frame (the
-    # usual case, by the million) costs one multi-row INSERT per chunk and no lookup at all. Only
-    # keys already in the frame are read back, to tell a duplicate from a clash.
-    records = [{"wave_id": wave_id, "record_key": key, **row} for key, (_, row, _) in valid.items()]
-    rec_stmt = (
-        units.insert_for(session, frame_record)
-        .on_conflict_do_nothing(index_elements=["wave_id", "record_key"])
-        .returning(frame_record.c.record_key)
-    )
-    inserted: set[str] = set()
-    for start in range(0, len(records), INSERT_ROWS):
-        part = records[start : start + INSERT_ROWS]
-        if conn.dialect.name == "postgresql":
-            # One statement with one array per column (INSERT … SELECT FROM unnest): far cheaper
-            # on PostgreSQL than a multi-row VALUES list with thirteen parameters per row.
-            result = await conn.execute(_PG_UNNEST_INSERT, {f"c{i}": [r[c] for r in part] for i, c in enumerate(_ALL)})
-        else:
-            result = await conn.execute(rec_stmt, part)
-        inserted.update(result.scalars().all())
-    clashes = [k for k in valid if k not in inserted]
-    existing: dict[str, tuple] = {}
-    cols = [frame_record.c.record_key] + [frame_record.c[c] for c in RECORD_COLUMNS]
-    for start in range(0, len(clashes), 500):
-        part = clashes[start : start + 500]
-        rows = await session.execute(
-            select(*cols).where(frame_record.c.wave_id == wave_id, frame_record.c.record_key.in_(part))
+    postgres = conn.dialect.name == "postgresql"
+    # Insert first, ON CONFLICT DO NOTHING, keeping the keys that were new: a fresh frame (the
+    # usual case, by the million) costs no lookup at all. Only keys already in the frame are
+    # read back, to tell a duplicate from a clash.
+    rows = [row for _, row, _ in valid.values()]
+    if postgres:
+        inserted = await _pg_insert_records(conn, state, rows)
+    else:
+        inserted = set()
+        rec_stmt = (
+            units.insert_for(session, frame_record)
+            .on_conflict_do_nothing(index_elements=["wave_id", "record_key"])
+            .returning(frame_record.c.record_key)
         )
-        for r in rows.all():
-            existing[r[0]] = tuple(r[1:])
+        for start in range(0, len(rows), INSERT_ROWS):
+            part = [dict(zip(_ALL, r)) for r in rows[start : start + INSERT_ROWS]]
+            inserted.update((await conn.execute(rec_stmt, part)).scalars().all())
+    existing: dict[str, tuple] = {}
+    if len(inserted) < len(valid):
+        clashes = [k for k in valid if k not in inserted]
+        cols = [frame_record.c.record_key] + [frame_record.c[c] for c in RECORD_COLUMNS]
+        for start in range(0, len(clashes), 500):
+            part = clashes[start : start + 500]
+            result = await session.execute(
+                select(*cols).where(frame_record.c.wave_id == wave_id, frame_record.c.record_key.in_(part))
+            )
+            for r in result.all():
+                existing[r[0]] = tuple(r[1:])
     contacts = []
     for key, (index, row, contact) in valid.items():
-        content = tuple(row[c] for c in RECORD_COLUMNS)
+        content = row[2:]
         if key not in inserted:
             if existing.get(key) == content:
                 state.duplicates += 1
@@ -310,37 +407,54 @@ async def ingest_chunk(session: AsyncSession, state: Ingest, raw: list[tuple[int
                 state.error(index, key, ["record_key: already in the frame with different content"])
             continue
         if contact:
-            contacts.append({"wave_id": wave_id, "record_key": key, **contact})
-        state.seen[key] = content
-    if len(state.seen) > 200_000:  # in-upload duplicate check: bounded memory, the DB check remains
-        state.seen.clear()
+            contacts.append(contact)
+        seen[key] = content
+    if len(seen) > 200_000:  # in-upload duplicate check: bounded memory, the DB check remains
+        seen.clear()
     if contacts:
-        con_stmt = units.insert_for(session, frame_contact).on_conflict_do_nothing(
-            index_elements=["wave_id", "record_key"]
-        )
-        for start in range(0, len(contacts), INSERT_ROWS):
-            part = contacts[start : start + INSERT_ROWS]
-            if conn.dialect.name == "postgresql":
-                await conn.execute(_PG_UNNEST_CONTACTS, {f"c{i}": [r[c] for r in part] for i, c in enumerate(_CONTACT)})
-            else:
-                await conn.execute(con_stmt, part)
+        if postgres:
+            # Only contacts of records this transaction has just inserted: none can be there yet
+            # (a contact is only ever written with its new record), so a plain COPY is safe.
+            raw_conn = await _driver_connection(conn)
+            await raw_conn.copy_records_to_table("frame_contact", records=contacts, columns=_CONTACT)
+        else:
+            con_stmt = units.insert_for(session, frame_contact).on_conflict_do_nothing(
+                index_elements=["wave_id", "record_key"]
+            )
+            for start in range(0, len(contacts), INSERT_ROWS):
+                await conn.execute(con_stmt, [dict(zip(_CONTACT, c)) for c in contacts[start : start + INSERT_ROWS]])
     state.accepted += len(inserted)
 
 
 _ALL = ("wave_id", "record_key", *RECORD_COLUMNS)
-_PG_UNNEST_INSERT = text(
-    f"INSERT INTO frame_record ({', '.join(_ALL)}) SELECT * FROM unnest("
-    + ", ".join(f"CAST(:c{i} AS {'date' if c in ('received_on', 'result_on') else 'text'}[])" for i, c in enumerate(_ALL))
-    + ") ON CONFLICT (wave_id, record_key) DO NOTHING RETURNING record_key"
-)
-
-
 _CONTACT = ("wave_id", "record_key", "full_name", "phone", "email", "address")
-_PG_UNNEST_CONTACTS = text(
-    f"INSERT INTO frame_contact ({', '.join(_CONTACT)}) SELECT * FROM unnest("
-    + ", ".join(f"CAST(:c{i} AS text[])" for i in range(len(_CONTACT)))
-    + ") ON CONFLICT (wave_id, record_key) DO NOTHING"
-)
+_STAGE = "sipas_frame_record_stage"
+
+
+async def _driver_connection(conn):
+    """The asyncpg connection under the session's (same connection, same transaction)."""
+    return (await conn.get_raw_connection()).driver_connection
+
+
+async def _pg_insert_records(conn, state: Ingest, rows: list[tuple]) -> set[str]:
+    """PostgreSQL: COPY the rows into a temporary staging table (binary COPY is several times
+    cheaper than any INSERT for the client and the server), then one INSERT … SELECT … ON
+    CONFLICT DO NOTHING RETURNING record_key moves them into the frame: the same idempotency as
+    a plain insert, and the keys that were new. The staging table lives until the transaction
+    ends (ON COMMIT DROP; a rollback removes it too), so it is created once per upload."""
+    if not state.staging:
+        # Through SQLAlchemy, so the transaction is begun before the driver connection is used.
+        await conn.exec_driver_sql(f"CREATE TEMPORARY TABLE {_STAGE} (LIKE frame_record) ON COMMIT DROP")
+        state.staging = True
+    raw_conn = await _driver_connection(conn)
+    await raw_conn.copy_records_to_table(_STAGE, records=rows, columns=_ALL)
+    cols = ", ".join(_ALL)
+    keys = await raw_conn.fetch(
+        f"INSERT INTO frame_record ({cols}) SELECT {cols} FROM {_STAGE} "
+        "ON CONFLICT (wave_id, record_key) DO NOTHING RETURNING record_key"
+    )
+    await raw_conn.execute(f"TRUNCATE {_STAGE}")
+    return {k[0] for k in keys}
 
 
 def _batch_scope(principal: Principal) -> str:
