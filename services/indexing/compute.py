@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
+import operator
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,9 +23,9 @@ from typing import Any
 import numpy as np
 
 from services.indexing.estimation import (
-    BLANK,
     NOT_APPLICABLE,
     Design,
+    DomainEstimates,
     RatioEstimates,
     SampleDesign,
     _composite_coefficients,
@@ -107,18 +109,24 @@ class AcceptedForms:
         return len(self.form_code)
 
 
+_PLAIN_TYPES = frozenset({int, str, type(None)})
+_ANSWER_CODE = {1: 1, 2: 2, 3: 3, 4: 4, 5: 5, "na": NOT_APPLICABLE}
+
+
 def answer_matrix(answers: Sequence[Mapping[str, Any]], items: Sequence[str]) -> np.ndarray:
-    """(n, k) int8 codes: 1–5, 0 = blank (or anything not a 1–5 code), -1 = ``na``."""
-    out = np.zeros((len(answers), len(items)), dtype=np.int8)
-    for j, code in enumerate(items):
-        col = out[:, j]
-        for i, ans in enumerate(answers):
-            v = ans.get(code)
-            if type(v) is int and 1 <= v <= 5:
-                col[i] = v
-            elif v == "na":
-                col[i] = NOT_APPLICABLE
-    return out
+    """(k, n) int8 codes, one row per item (the estimator reads items as rows): 1–5, 0 = blank
+    (or anything not a 1–5 code), -1 = ``na``.  A dict lookup per answer, not a branch: this
+    runs for every answer of a national wave."""
+    n, k = len(answers), len(items)
+    if not n or not k:
+        return np.zeros((k, n), dtype=np.int8)
+    # C-level iteration throughout (map over bound methods): this touches every answer of a wave.
+    flat = list(itertools.chain.from_iterable(map(lambda ans: map(ans.get, items), answers)))
+    if set(map(type, flat)) <= _PLAIN_TYPES:
+        codes = list(map(_ANSWER_CODE.get, flat, itertools.repeat(0)))
+    else:  # bools (True hashes like 1) or unhashable values (lists): not 1-5 codes
+        codes = [_ANSWER_CODE.get(v, 0) if type(v) in _PLAIN_TYPES else 0 for v in flat]
+    return np.array(codes, dtype=np.int8).reshape(n, k).T.copy()
 
 
 def index_design(methodology: Methodology) -> Design:
@@ -273,31 +281,163 @@ class RunResult:
     province_values: dict[str, dict[str, float | None]] = field(default_factory=dict)
 
 
-def _domain_labels(values: Sequence[str | None]) -> np.ndarray:
-    return np.array([_NONE if v is None or v == "" else str(v) for v in values], dtype=object)
+def _domain_codes(values: Sequence[str | None]) -> tuple[np.ndarray, list[str]]:
+    """Integer codes and sorted labels of one domain kind; ``None`` and "" become :data:`_NONE`
+    (no value: sorted first, never output). Dict lookups through ``map``: one per form."""
+    uniq = set(values)
+    label = {v: (_NONE if v is None or v == "" else str(v)) for v in uniq}
+    names = sorted(set(label.values()))
+    pos = {name: i for i, name in enumerate(names)}
+    code_of = {v: pos[label[v]] for v in uniq}
+    return np.fromiter(map(code_of.__getitem__, values), dtype=np.int64, count=len(values)), names
 
 
 class _Estimator:
-    """The three estimates every domain needs, from one prepared design each:
+    """The three estimates every domain needs, from one sort of the rows per domain kind:
 
     * ``design``: weights w* (nonresponse-adjusted), SE under strata, clusters and fpc;
     * ``none``: weights 1 (the official figure), SE under the same design;
     * ``srs``: weights 1, one stratum, no clusters, no fpc -- the variance a simple random sample
-      of the same n would give, the denominator of the design effect.
+      of the same n would give, the denominator of the design effect.  In a single-stage draw
+      it comes out of the same pass (``SampleDesign._estimate(srs=True)``); a clustered draw
+      needs rows, not PSU totals, so it takes its own pass there.
     """
 
     def __init__(self, sample: SampleDesign, srs: SampleDesign, w: np.ndarray):
         self.sample, self.srs, self.w = sample, srs, w
-        self.ones = np.ones_like(w)
 
-    def by_domain(self, get_ya, k: int, codes: np.ndarray, n_domains: int) -> dict[str, list[RatioEstimates]]:
-        # SampleDesign._domains is the estimator's chunked two-pass core (also used by
-        # estimation.estimate): it lets y, a be derived chunk by chunk instead of materialised.
-        return {
-            "design": self.sample._domains(get_ya, k, self.w, codes, n_domains=n_domains),
-            "none": self.sample._domains(get_ya, k, self.ones, codes, n_domains=n_domains),
-            "srs": self.srs._domains(get_ya, k, self.ones, codes, n_domains=n_domains),
-        }
+    def by_domain(self, get_ya, k: int, codes: np.ndarray, n_domains: int) -> dict[str, DomainEstimates]:
+        if self.sample.single_stage:
+            design, none, srs = self.sample._estimate(get_ya, k, [self.w, None], codes, n_domains=n_domains,
+                                                      srs=True)
+        else:
+            design, none = self.sample._estimate(get_ya, k, [self.w, None], codes, n_domains=n_domains)
+            srs = self.srs._estimate(get_ya, k, [None], codes, n_domains=n_domains)[0]
+        return {"design": design, "none": none, "srs": srs}
+
+
+def make_cells(domain: str, domain_codes: Sequence[str], indicators: Sequence[str], codes: Sequence[str],
+               weighting: str, value: np.ndarray, var: np.ndarray, n: np.ndarray, srs_var: np.ndarray,
+               thresholds: Thresholds) -> list[dict[str, Any]]:
+    """Many :func:`make_cell` at once (same rules, array arithmetic): a national run has tens of
+    thousands of cells, and one Python call per cell was a large share of its time. NaN in
+    ``value``/``var``/``srs_var`` means undefined (``None`` for :func:`make_cell`)."""
+    value = np.asarray(value, dtype=np.float64)
+    var = np.asarray(var, dtype=np.float64)
+    srs_var = np.asarray(srs_var, dtype=np.float64)
+    n = np.asarray(n, dtype=np.int64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        has_se = np.isfinite(var)
+        se = np.where(has_se, np.sqrt(np.clip(var, 0.0, None)), np.nan)
+        has_cv = has_se & (value > 0)
+        cv = np.where(has_cv, se / value, np.nan)
+        shown = np.isfinite(value) & (n >= thresholds.suppress_below)
+        unreliable = shown & ((n < thresholds.unreliable_below) | (has_cv & (cv > thresholds.unreliable_cv)))
+        with_se = shown & has_se
+        deff = np.where(with_se & (srs_var > 0), var / srs_var, np.nan)
+        lo = np.maximum(0.0, 100.0 * (value - Z95 * se))
+        hi = np.minimum(100.0, 100.0 * (value + Z95 * se))
+    flag = np.where(shown, np.where(unreliable, "unreliable", "ok"), "suppressed")
+
+    def col(x: np.ndarray, mask: np.ndarray) -> list:
+        return [v if m else None for v, m in zip(x.tolist(), mask.tolist())]
+
+    v_out = col(100.0 * value, shown)
+    se_out = col(100.0 * se, with_se)
+    lo_out = col(lo, with_se)
+    hi_out = col(hi, with_se)
+    cv_out = col(cv, with_se & has_cv)
+    deff_out = col(deff, with_se & np.isfinite(deff))
+    return [
+        {"domain": domain, "domain_code": dc, "indicator": ind, "code": c, "weighting": weighting, "value": v,
+         "se": s_, "ci_low": lo_, "ci_high": hi_, "n": nn, "cv": cv_, "deff": de, "flag": fl}
+        for dc, ind, c, v, s_, lo_, hi_, nn, cv_, de, fl in zip(
+            domain_codes, indicators, codes, v_out, se_out, lo_out, hi_out, n.tolist(), cv_out, deff_out,
+            flag.tolist())
+    ]
+
+
+def _domain_cells(kind: str, dom_codes: Sequence[str], keep: np.ndarray, res: Mapping[str, DomainEstimates],
+                  design: Design, items: Sequence[str], with_items: bool, codes: np.ndarray, valid: np.ndarray,
+                  thresholds: Thresholds, province_var: dict | None, names: Sequence[str]) -> list[dict[str, Any]]:
+    """Every indicator cell of every domain of one kind, both weightings.
+
+    Domains are grouped by which items have an answer (almost always one group): each group's
+    indicators are one coefficient matrix C, their values C·R and variances diag(C V Cᵀ) for all
+    of the group's domains in one product."""
+    k = len(items)
+    r_w, r_u, r_s = res["design"], res["none"], res["srs"]
+    available = np.isfinite(r_w.ratio)
+    D = available.shape[0]
+    n_counts: dict[bytes, np.ndarray] = {}
+
+    def respondents_with_any(used: np.ndarray) -> np.ndarray:
+        # n of a composite: respondents of the domain with a valid answer to any of its items
+        key = used.tobytes()
+        if key not in n_counts:
+            n_counts[key] = np.bincount(codes, weights=valid[used].any(axis=0), minlength=D)
+        return n_counts[key]
+
+    out: list[dict[str, Any]] = []
+    patterns, which = np.unique(available, axis=0, return_inverse=True)
+    which = which.reshape(-1)
+    for p, pattern in enumerate(patterns):
+        doms = np.flatnonzero((which == p) & keep)
+        if not doms.shape[0]:
+            continue
+        inds = indicators_for(design, items, pattern, with_items)
+        defined = np.array([ind.coef is not None for ind in inds])
+        C = np.array([ind.coef if ind.coef is not None else np.zeros(k) for ind in inds])
+        n_ind = np.zeros((doms.shape[0], len(inds)), dtype=np.int64)
+        for pos, ind in enumerate(inds):
+            if ind.coef is None:
+                continue
+            if ind.indicator == "item":
+                n_ind[:, pos] = r_w.n[doms, np.flatnonzero(ind.coef)[0]]
+            else:
+                n_ind[:, pos] = respondents_with_any(ind.coef != 0)[doms]
+
+        def quads(r: DomainEstimates) -> np.ndarray:
+            V = np.nan_to_num(r.cov[doms], nan=0.0)
+            return np.einsum("ij,djk,ik->di", C, V, C)
+
+        srs_var = np.where(defined, quads(r_s), np.nan)
+        n_flat = n_ind.reshape(-1)
+        dc = [dom_codes[d] for d in doms for _ in inds]
+        ind_names = [ind.indicator for ind in inds] * doms.shape[0]
+        ind_codes = [ind.code for ind in inds] * doms.shape[0]
+        for wname, r in (("none", r_u), ("design", r_w)):
+            value = np.where(defined, np.nan_to_num(r.ratio[doms], nan=0.0) @ C.T, np.nan)
+            var = np.where(defined, quads(r), np.nan)
+            out += make_cells(kind, dc, ind_names, ind_codes, wname, value.reshape(-1), var.reshape(-1), n_flat,
+                              srs_var.reshape(-1), thresholds)
+            if province_var is not None:
+                for i, d in enumerate(doms):
+                    prov = province_var[wname].setdefault(names[d], {})
+                    for pos, ind in enumerate(inds):
+                        ok = defined[pos]
+                        prov[(ind.indicator, ind.code)] = (
+                            float(value[i, pos]) if ok else None, float(var[i, pos]) if ok else None,
+                            int(n_ind[i, pos]))
+    return out
+
+
+def _expectation_cells(kind: str, dom_codes: Sequence[str], keep: np.ndarray, res: Mapping[str, DomainEstimates],
+                       options: Sequence[str], thresholds: Thresholds) -> list[dict[str, Any]]:
+    """Share choosing each option among those who answered the question, per domain."""
+    doms = np.flatnonzero(keep)
+    j = np.arange(len(options))
+    dc = [dom_codes[d] for d in doms for _ in options]
+    names = ["expectation"] * len(dc)
+    codes = list(options) * doms.shape[0]
+    n = res["design"].n[doms].reshape(-1)
+    srs_var = res["srs"].cov[doms][:, j, j].reshape(-1)
+    out: list[dict[str, Any]] = []
+    for wname in ("none", "design"):
+        r = res[wname]
+        out += make_cells(kind, dc, names, codes, wname, r.ratio[doms].reshape(-1),
+                          r.cov[doms][:, j, j].reshape(-1), n, srs_var, thresholds)
+    return out
 
 
 def _threadpool_limit():
@@ -351,7 +491,7 @@ def _compute_run(forms: AcceptedForms, methodology: Methodology, frame_sizes: Ma
         sizes = np.where(sizes >= n_h, sizes, np.inf)  # inconsistent size: no correction there
         fpc = sizes[s_codes]
     sample = SampleDesign(s_codes, psu if clustered else None, fpc, lonely_psu="adjust")
-    srs = SampleDesign(np.zeros(n, dtype=np.int64))
+    srs = SampleDesign(np.zeros(n, dtype=np.int64))  # used for clustered draws only
     est = _Estimator(sample, srs, w)
 
     low = min(design.satisfied)
@@ -360,117 +500,77 @@ def _compute_run(forms: AcceptedForms, methodology: Methodology, frame_sizes: Ma
     top = design.satisfied == tuple(range(low, 6))
 
     def get_ya(rows: np.ndarray):
-        block = answers[rows]
+        block = answers[:, rows]
         y = block >= low if top else lookup[block + 1]
         return y, block >= 1
 
-    valid = answers >= 1
-    cells: list[dict[str, Any]] = []
+    valid = answers >= 1  # (k, n)
+    by_kind: dict[str, list[dict[str, Any]]] = {}  # cells of each domain kind
     headline = agg.weighting
     province_values: dict[str, dict[str, float | None]] = {}
 
     profile_groups = [q.code for q in methodology.profile if not q.sensitive]
-    kinds: list[tuple[str, str | None, np.ndarray]] = [
-        ("nation", None, np.full(n, NATION, dtype=object)),
-        ("province", None, _domain_labels(forms.province)),
-        ("commune", None, _domain_labels(forms.commune)),
-        ("level", None, _domain_labels(forms.level)),
-        ("field", None, _domain_labels(forms.field)),
-        ("procedure", None, _domain_labels(forms.procedure)),
-        ("respondent_group", "respondent_type", _domain_labels(forms.respondent_type)),
-        ("respondent_group", "channel", _domain_labels(forms.channel)),
+    kinds: list[tuple[str, str | None, Sequence[str | None]]] = [
+        ("nation", None, []),
+        ("province", None, forms.province),
+        ("commune", None, forms.commune),
+        ("level", None, forms.level),
+        ("field", None, forms.field),
+        ("procedure", None, forms.procedure),
+        ("respondent_group", "respondent_type", forms.respondent_type),
+        ("respondent_group", "channel", forms.channel),
     ]
     for q in profile_groups:
-        vals = [a.get(q) if isinstance(a.get(q), str) else None for a in forms.answers]
-        kinds.append(("respondent_group", q, _domain_labels(vals)))
+        vals = list(map(operator.methodcaller("get", q), forms.answers))
+        if not set(map(type, vals)) <= {str, type(None)}:
+            vals = [v if isinstance(v, str) else None for v in vals]
+        kinds.append(("respondent_group", q, vals))
     if domains is not None:
         kinds = [kd for kd in kinds if kd[0] in domains]
 
-    # Expectation: y = chose option o, a = answered the question (a non-empty list).
+    # Expectation: y = chose option o, a = answered the question (a non-empty list); (options, n).
     exp = methodology.expectation
     exp_codes = [o.code for o in exp.options]
-    chosen = np.zeros((n, len(exp_codes)), dtype=bool)
-    answered = np.zeros((n, len(exp_codes)), dtype=bool)
+    chosen = np.zeros((len(exp_codes), n), dtype=bool)
+    answered = np.zeros((len(exp_codes), n), dtype=bool)
+    option_pos = {o: j for j, o in enumerate(exp_codes)}
     for i, ans in enumerate(forms.answers):
         v = ans.get(exp.code)
         if isinstance(v, list) and v:
-            answered[i, :] = True
-            for j, o in enumerate(exp_codes):
-                chosen[i, j] = o in v
+            answered[:, i] = True
+            for o in v:
+                j = option_pos.get(o) if isinstance(o, str) else None
+                if j is not None:
+                    chosen[j, i] = True
 
     nation_est: dict[str, RatioEstimates] = {}
     province_var: dict[str, dict[str, dict[tuple[str, str], tuple[float, float, int]]]] = {"design": {}, "none": {}}
 
     for kind, group, labels in kinds:
-        codes, uniq = _factorize(labels)
-        D = len(uniq)
+        if kind == "nation":
+            codes, names = np.zeros(n, dtype=np.int64), [NATION]
+        else:
+            codes, names = _domain_codes(labels)
+        D = len(names)
         res = est.by_domain(get_ya, k, codes, D)
-        with_items = kind in ITEM_DOMAINS
-        exp_res = None
+        keep = np.array([u != _NONE for u in names], dtype=bool)
+        dom_codes = [NATION + ":pooled" if kind == "nation" else (f"{group}:{u}" if group else u) for u in names]
+        if kind == "nation":
+            nation_est = {name: res[name][0] for name in ("design", "none", "srs")}
+        kind_cells = by_kind.setdefault(kind, [])
+        kind_cells += _domain_cells(kind, dom_codes, keep, res, design, items, kind in ITEM_DOMAINS, codes, valid,
+                                    thresholds, province_var if kind == "province" else None, names)
         if kind in EXPECTATION_DOMAINS:
-            exp_res = est.by_domain(lambda rows: (chosen[rows], answered[rows]), len(exp_codes), codes, D)
-        support_counts: dict[bytes, np.ndarray] = {}
-
-        def respondents_with_any(coef: np.ndarray, d: int) -> int:
-            # n of a composite: respondents of the domain with a valid answer to any of its items
-            used = coef != 0
-            key = used.tobytes()
-            if key not in support_counts:
-                support_counts[key] = np.bincount(codes, weights=valid[:, used].any(axis=1), minlength=D)
-            return int(support_counts[key][d])
-
-        for d, label in enumerate(uniq):
-            label = str(label)
-            if label == _NONE:
-                continue
-            code_out = f"{group}:{label}" if group else label
-            r_w, r_u, r_s = res["design"][d], res["none"][d], res["srs"][d]
-            available = np.isfinite(r_w.ratio)
-            if kind == "nation":
-                nation_est = {"design": r_w, "none": r_u, "srs": r_s}
-            inds = indicators_for(design, items, available, with_items)
-            # Every indicator's value and variance in one matrix product per estimate:
-            # v = C·R and diag(C V Cᵀ) (unused columns have coefficient 0; NaN there counts as 0).
-            C = np.array([ind.coef if ind.coef is not None else np.zeros(k) for ind in inds])
-            quads = {name: _quads(C, r.cov) for name, r in (("none", r_u), ("design", r_w), ("srs", r_s))}
-            values = {name: C @ np.nan_to_num(r.ratio, nan=0.0) for name, r in (("none", r_u), ("design", r_w))}
-            for pos, ind in enumerate(inds):
-                if ind.coef is None:
-                    n_ind = 0
-                elif ind.indicator == "item":
-                    n_ind = int(r_w.n[np.flatnonzero(ind.coef)[0]])
-                else:
-                    n_ind = respondents_with_any(ind.coef, d)
-                srs_var = None if ind.coef is None else float(quads["srs"][pos])
-                for wname in ("none", "design"):
-                    if ind.coef is None:
-                        value = var = None
-                    else:
-                        value, var = float(values[wname][pos]), float(quads[wname][pos])
-                    dom_code = NATION + ":pooled" if kind == "nation" else code_out
-                    cells.append(make_cell(kind, dom_code, ind.indicator, ind.code, wname, value, var, n_ind,
-                                           srs_var, thresholds))
-                    if kind == "province":
-                        province_var[wname].setdefault(label, {})[(ind.indicator, ind.code)] = (
-                            value, var, n_ind)
-            if exp_res is not None:
-                e_w, e_u, e_s = exp_res["design"][d], exp_res["none"][d], exp_res["srs"][d]
-                for j, o in enumerate(exp_codes):
-                    n_o = int(e_w.n[j])
-                    srs_var = float(e_s.cov[j, j]) if np.isfinite(e_s.cov[j, j]) else None
-                    for wname, r in (("none", e_u), ("design", e_w)):
-                        value = float(r.ratio[j]) if np.isfinite(r.ratio[j]) else None
-                        var = float(r.cov[j, j]) if value is not None else None
-                        dom_code = NATION + ":pooled" if kind == "nation" else code_out
-                        cells.append(make_cell(kind, dom_code, "expectation", o, wname, value, var, n_o, srs_var,
-                                               thresholds))
+            exp_res = est.by_domain(lambda rows: (chosen[:, rows], answered[:, rows]), len(exp_codes), codes, D)
+            kind_cells += _expectation_cells(kind, dom_codes, keep, exp_res, exp_codes, thresholds)
 
     # National figure: pooled (above) and mean of provinces; ``VN`` repeats the headline one.
-    nested = _strata_nest_in_provinces(forms)
+    nested = _strata_nest_in_provinces(s_codes, _domain_codes(forms.province)[0])
     national_rule = agg.national
+    nation_cells = by_kind.setdefault("nation", [])
     if province_var["design"]:
-        pooled = {(c["indicator"], c["code"], c["weighting"]): c for c in cells
-                  if c["domain"] == "nation" and c["domain_code"] == NATION + ":pooled"}
+        pooled = {(c["indicator"], c["code"], c["weighting"]): c for c in nation_cells
+                  if c["domain_code"] == NATION + ":pooled"}
         n_total = {key[:2]: c["n"] for key, c in pooled.items()}
         for wname in ("none", "design"):
             by_ind: dict[tuple[str, str], list[tuple[float, float]]] = {}
@@ -484,22 +584,20 @@ def _compute_run(forms: AcceptedForms, methodology: Methodology, frame_sizes: Ma
                 var = (sum(v for _, v in vals) / len(vals) ** 2) if (vals and nested) else None
                 cell = make_cell("nation", NATION + ":mean_of_provinces", key[0], key[1], wname, value, var,
                                  n_total[key], None, thresholds)
-                cells.append(cell)
+                nation_cells.append(cell)
         headline_code = NATION + (":pooled" if national_rule == "pooled" else ":mean_of_provinces")
-        for c in [c for c in cells if c["domain"] == "nation" and c["domain_code"] == headline_code]:
-            cells.append({**c, "domain_code": NATION})
+        nation_cells += [{**c, "domain_code": NATION} for c in nation_cells if c["domain_code"] == headline_code]
     elif nation_est:
-        for c in [c for c in cells if c["domain"] == "nation"]:
-            cells.append({**c, "domain_code": NATION})
+        nation_cells += [{**c, "domain_code": NATION} for c in nation_cells]
 
     # Policy groups (2023+): the policy part restricted to one group's items, nationally.
     if methodology.policy_groups and nation_est and (domains is None or "policy_group" in domains):
-        cells += _policy_group_cells(methodology, design, items, nation_est, valid, thresholds)
+        by_kind["policy_group"] = _policy_group_cells(methodology, design, items, nation_est, valid, thresholds)
 
-    for c in cells:
-        if c["domain"] == "province" and c["weighting"] == headline and c["indicator"] in ("sipas", "element"):
+    for c in by_kind.get("province", []):
+        if c["weighting"] == headline and c["indicator"] in ("sipas", "element"):
             province_values.setdefault(c["domain_code"], {})[c["code"]] = c["value"]
-    national = next((c["value"] for c in cells if c["domain"] == "nation" and c["domain_code"] == NATION
+    national = next((c["value"] for c in nation_cells if c["domain_code"] == NATION
                      and c["indicator"] == "sipas" and c["weighting"] == headline), None)
     parameters = {
         "aggregation": agg.model_dump(mode="json"),
@@ -515,19 +613,19 @@ def _compute_run(forms: AcceptedForms, methodology: Methodology, frame_sizes: Ma
         "confidence": 0.95,
         "respondent_groups": ["respondent_type", "channel", *profile_groups],
     }
-    cells.sort(key=lambda c: (c["domain"], c["domain_code"], c["indicator"], c["code"], c["weighting"]))
+    cells = list(itertools.chain.from_iterable(by_kind.values()))
+    cells.sort(key=operator.itemgetter("domain", "domain_code", "indicator", "code", "weighting"))
     return RunResult(cells=cells, parameters=parameters, headline_weighting=headline, national_sipas=national,
                      province_values=province_values)
 
 
-def _strata_nest_in_provinces(forms: AcceptedForms) -> bool:
+def _strata_nest_in_provinces(s_codes: np.ndarray, p_codes: np.ndarray) -> bool:
     """True when every stratum lies in one province: provinces are then independent samples, so
     the variance of the mean of provinces is Σ_p Var(θ_p) / P² exactly."""
-    seen: dict[str, str | None] = {}
-    for s, p in zip(forms.stratum, forms.province):
-        if seen.setdefault(s, p) != p:
-            return False
-    return True
+    if not s_codes.shape[0]:
+        return True
+    pairs = np.unique(s_codes * (int(p_codes.max()) + 1) + p_codes)
+    return pairs.shape[0] == np.unique(s_codes).shape[0]
 
 
 def _policy_group_cells(methodology: Methodology, design: Design, items: Sequence[str],
@@ -552,7 +650,7 @@ def _policy_group_cells(methodology: Methodology, design: Design, items: Sequenc
             if ind.indicator == "item" and ind.coef is None and ind.code not in g_items:
                 continue
             used = ind.coef != 0 if ind.coef is not None else None
-            n_ind = 0 if used is None else int(valid[:, used].any(axis=1).sum())
+            n_ind = 0 if used is None else int(valid[used].any(axis=0).sum())
             srs_var = None if ind.coef is None else _quad(ind.coef, nation["srs"].cov)
             for wname in ("none", "design"):
                 r = nation[wname]

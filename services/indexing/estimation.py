@@ -274,9 +274,55 @@ class RatioEstimates:
                             self.unweighted_numerator / self.unweighted_denominator, np.nan)
 
 
+@dataclass(frozen=True, eq=False)
+class DomainEstimates:
+    """The :class:`RatioEstimates` of every domain of one kind, stacked: ``ratio`` (D, k),
+    ``cov`` (D, k, k) and so on, so callers can work on all domains with array operations;
+    ``est[d]`` is domain d's :class:`RatioEstimates`."""
+
+    ratio: np.ndarray
+    cov: np.ndarray
+    numerator: np.ndarray
+    denominator: np.ndarray
+    n: np.ndarray
+    unweighted_numerator: np.ndarray
+    unweighted_denominator: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.ratio.shape[0])
+
+    def __getitem__(self, d: int) -> RatioEstimates:
+        return RatioEstimates(
+            ratio=self.ratio[d], cov=self.cov[d], numerator=self.numerator[d], denominator=self.denominator[d],
+            n=self.n[d], unweighted_numerator=self.unweighted_numerator[d],
+            unweighted_denominator=self.unweighted_denominator[d])
+
+    def __iter__(self):
+        return (self[d] for d in range(len(self)))
+
+
 def _factorize(labels: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Integer codes 0..G-1 (in sorted label order) and the labels, for np.bincount/reduceat."""
+    """Integer codes 0..G-1 (in sorted label order) and the labels, for np.bincount/reduceat.
+
+    Small non-negative integer codes and text labels avoid a full sort of the rows (a bincount,
+    a dict): the sort was a large share of a national run."""
     arr = np.asarray(labels)
+    if arr.ndim == 1 and np.issubdtype(arr.dtype, np.integer) and arr.shape[0] \
+            and 0 <= int(arr.min()) and int(arr.max()) < 4 * arr.shape[0] + 1024:
+        present = np.bincount(arr) > 0
+        remap = np.cumsum(present) - 1
+        return remap[arr].astype(np.int64), np.flatnonzero(present).astype(arr.dtype)
+    if arr.dtype == object and arr.ndim == 1:
+        try:
+            uniq = sorted(set(arr.tolist()))
+        except TypeError:
+            uniq = None
+        if uniq is not None:
+            where = {u: i for i, u in enumerate(uniq)}
+            codes = np.fromiter(map(where.__getitem__, arr.tolist()), dtype=np.int64, count=arr.shape[0])
+            out = np.empty(len(uniq), dtype=object)
+            out[:] = uniq
+            return codes, out
     if arr.dtype == object:
         try:
             uniques, codes = np.unique(arr, return_inverse=True)
@@ -329,11 +375,10 @@ class SampleDesign:
         n = s_codes.shape[0]
         H = len(s_labels)
         if psu is None:
-            # Each row its own PSU; codes ordered by stratum so (domain, psu) order implies stratum order.
-            order = np.argsort(s_codes, kind="stable")
-            psu_code = np.empty(n, dtype=np.int64)
-            psu_code[order] = np.arange(n, dtype=np.int64)
-            psu_stratum = s_codes[order]
+            # Each row its own PSU: no PSU codes needed, the estimator groups rows by stratum.
+            psu_code = None
+            psu_stratum = None
+            n_h_int = np.bincount(s_codes, minlength=H)
         else:
             p_codes, _ = _factorize(psu)
             if p_codes.shape[0] != n:
@@ -343,7 +388,8 @@ class SampleDesign:
             psu_code = psu_code.reshape(-1).astype(np.int64)
             psu_stratum = np.empty(len(uniq), dtype=np.int64)
             psu_stratum[psu_code] = s_codes
-        n_h = np.bincount(psu_stratum, minlength=H).astype(np.float64)
+            n_h_int = np.bincount(psu_stratum, minlength=H)
+        n_h = n_h_int.astype(np.float64)
 
         if fpc is None:
             f_h = np.zeros(H)
@@ -385,7 +431,9 @@ class SampleDesign:
         self.stratum_code = s_codes
         self.psu_code = psu_code
         self.psu_stratum = psu_stratum
-        self.n_psu = psu_stratum.shape[0]
+        #: every respondent is their own PSU (no ``psu`` given)
+        self.single_stage = psu is None
+        self.n_psu = n if psu is None else psu_stratum.shape[0]
         self.n_h = n_h
         self.N_h = N_h
         self.f_h = f_h
@@ -404,13 +452,15 @@ class SampleDesign:
     def ratio_estimates(self, y: Any, a: Any, w: Any, domain_mask: Any = None) -> RatioEstimates:
         """Ratios Σw·y/Σw·a (per column) in one domain (``domain_mask``; all rows if ``None``)."""
         y, a, w = self._check_arrays(y, a, w)
+        k = y.shape[1]
+        y, a = np.ascontiguousarray(y.T), np.ascontiguousarray(a.T)  # the estimator reads columns
         if domain_mask is None:
-            return self._domains(lambda rows: (y[rows], a[rows]), y.shape[1], w, None)[0]
+            return self._domains(lambda rows: (y[:, rows], a[:, rows]), k, w, None)[0]
         mask = np.asarray(domain_mask, dtype=bool)
         if mask.shape != (self.n_rows,):
             raise ValueError("domain_mask must have one value per row")
         rows = np.flatnonzero(mask)
-        return self._domains(lambda r: (y[r], a[r]), y.shape[1], w, np.zeros(rows.shape[0], np.int64),
+        return self._domains(lambda r: (y[:, r], a[:, r]), k, w, np.zeros(rows.shape[0], np.int64),
                              rows=rows, n_domains=1)[0]
 
     def domain_ratios(self, y: Any, a: Any, w: Any, domains: Any) -> dict[Hashable, RatioEstimates]:
@@ -422,7 +472,9 @@ class SampleDesign:
         codes, labels = _factorize(domains)
         if codes.shape[0] != self.n_rows:
             raise ValueError("domains must have one label per row")
-        res = self._domains(lambda rows: (y[rows], a[rows]), y.shape[1], w, codes, n_domains=len(labels))
+        k = y.shape[1]
+        y, a = np.ascontiguousarray(y.T), np.ascontiguousarray(a.T)  # the estimator reads columns
+        res = self._domains(lambda rows: (y[:, rows], a[:, rows]), k, w, codes, n_domains=len(labels))
         return {_plain(label): res[d] for d, label in enumerate(labels)}
 
     # -- internals ------------------------------------------------------------------------------
@@ -444,173 +496,317 @@ class SampleDesign:
         self,
         get_ya: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
         k: int,
-        w: np.ndarray,
+        w: np.ndarray | None,
         d_codes: np.ndarray | None,
         *,
         rows: np.ndarray | None = None,
         n_domains: int = 1,
     ) -> list[RatioEstimates]:
-        """Two chunked passes over the rows, sorted by (domain, PSU).
+        """Per-domain :class:`RatioEstimates`; ``get_ya(rows)`` returns (k, len(rows)) arrays."""
+        return list(self._estimate(get_ya, k, [w], d_codes, rows=rows, n_domains=n_domains)[0])
 
-        Pass 1 sums w·y, w·a (and unweighted counts) per PSU-in-domain and per (domain, stratum),
-        which gives each domain's ratios R and stratum means z̄_h of the linearised variable.
-        Pass 2 forms the PSU totals z_j = (Y_j − R X_j)/X, centres them within strata and
-        accumulates Σ scale_h (z_j − z̄_h)(z_j − z̄_h)ᵀ; PSUs of the stratum with no domain
-        members add (n_h − m_h) z̄_h z̄_hᵀ.  Memory stays at a few chunks whatever n is; PSU
-        totals are cached between passes only when they fit in a small budget.
+    def _estimate(
+        self,
+        get_ya: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+        k: int,
+        weights: Sequence[np.ndarray | None],
+        d_codes: np.ndarray | None,
+        *,
+        rows: np.ndarray | None = None,
+        n_domains: int = 1,
+        srs: bool = False,
+    ) -> list[DomainEstimates]:
+        """Every domain of one kind, for one or more weight vectors, in two chunked passes.
+
+        ``get_ya(rows)`` gives y and a for those rows *column-major*, shape (k, len(rows)): sums
+        over runs of rows are then contiguous (``np.add.reduceat`` along the last axis is ~10×
+        faster than down the columns of a row-major block).  A weight vector ``None`` means unit
+        weights (the official unweighted figure), whose sums are the counts already taken.
+
+        Why this shape: a national wave has thousands of small domains (communes) and a 10M-row
+        file a few huge ones; looping per domain made the first slow, materialising everything
+        made the second huge.  Rows are sorted once by (domain, PSU) -- by (domain, stratum) when
+        every respondent is their own PSU, a radix sort when the keys are small -- and processed
+        in chunks of about ``chunk_rows`` rows that may span domains; the weight vectors share
+        the sort, the ``get_ya`` calls and the counts.
+
+        Pass 1 sums w·y, w·a per (domain, stratum) group, which gives each domain's ratios R and
+        the group means z̄ of the linearised variable over all n_h PSUs of the stratum (PSUs
+        without domain members count as zeros).  Pass 2 forms the PSU totals
+        z_j = (Y_j − R X_j)/X and accumulates Σ_h scale_h (Σ_j z_j z_jᵀ − n_h z̄ z̄ᵀ), the centred
+        sum of squares of every PSU of the stratum, per domain: one matrix product for a long
+        run of one domain, summed outer products for many short runs.  Strata whose lone PSU is
+        centred at the grand mean ("adjust") have z̄ = 0 here.
+
+        ``srs=True`` (single-stage designs with a unit-weight vector) also returns, last, the
+        variance a simple random sample of the same rows would give (one stratum, no fpc): for a
+        domain ratio that is n/(n−1) Σ_i z_i z_iᵀ with the same z as the unit weighting (their
+        mean over the sample is exactly zero), so it costs one more matrix product, no pass.
         """
-        P = self.n_psu
-        D = n_domains
-        chunk_rows = self.chunk_rows
-        psu = self.psu_code if rows is None else self.psu_code[rows]
+        D = int(n_domains)
+        H = self.n_strata
+        single = self.single_stage
+        n_w = len(weights)
+        if srs and not (single and any(wv is None for wv in weights)):
+            raise ValueError("srs needs a single-stage design and a unit-weight vector")
+        st_rows = self.stratum_code if rows is None else self.stratum_code[rows]
+        n_sel = st_rows.shape[0]
         if d_codes is None:
-            d_codes = np.zeros(psu.shape[0], dtype=np.int64)
-        key = d_codes.astype(np.int64) * P + psu
-        order = np.argsort(key, kind="stable")
+            d_codes = np.zeros(n_sel, dtype=np.int64)
+        d_codes = np.asarray(d_codes, dtype=np.int64)
+        if single:
+            # Every row is a PSU: only (domain, stratum) groups matter, not the order within them.
+            key = d_codes * H + st_rows
+            order = _stable_order(key, D * H)
+        else:
+            P = self.n_psu
+            psu = self.psu_code if rows is None else self.psu_code[rows]
+            key = d_codes * P + psu
+            order = _stable_order(key, D * P)
         skey = key[order]
         row_idx = order if rows is None else rows[order]
-        n_sel = skey.shape[0]
+        del key
+        bound = np.ones(n_sel, dtype=bool)
         if n_sel:
-            starts = np.flatnonzero(np.concatenate(([True], skey[1:] != skey[:-1])))
+            np.not_equal(skey[1:], skey[:-1], out=bound[1:])
+        if single:
+            C = n_sel
+            cell_starts = np.zeros(0, dtype=np.int64)
+            gstart = np.flatnonzero(bound)
+            g_key = skey[gstart]
+            g_dom = g_key // H
+            g_st = g_key % H
         else:
-            starts = np.zeros(0, dtype=np.int64)
-        ends = np.append(starts[1:], n_sel)
-        cell_key = skey[starts]
-        cell_dom = cell_key // P
-        cell_st = self.psu_stratum[cell_key % P]
-        C = starts.shape[0]
-        H = self.n_strata
-        # (domain, stratum) groups: cells are sorted by domain then PSU, and PSU codes are sorted by
-        # stratum, so group keys are non-decreasing along the cells.
-        gkey = cell_dom * H + cell_st
-        if C:
-            gstart = np.flatnonzero(np.concatenate(([True], gkey[1:] != gkey[:-1])))
-        else:
-            gstart = np.zeros(0, dtype=np.int64)
+            cell_starts = np.flatnonzero(bound)
+            C = cell_starts.shape[0]
+            cell_key = skey[cell_starts]
+            cell_dom = cell_key // P
+            cell_st = self.psu_stratum[cell_key % P]
+            gkey = cell_dom * H + cell_st
+            gb = np.ones(C, dtype=bool)
+            if C:
+                np.not_equal(gkey[1:], gkey[:-1], out=gb[1:])
+            gstart = np.flatnonzero(gb)  # in cells
+            g_dom = cell_dom[gstart]
+            g_st = cell_st[gstart]
+            del gkey, gb
         G = gstart.shape[0]
-        marker = np.zeros(C, dtype=np.int64)
-        marker[gstart] = 1
-        cell_group = np.cumsum(marker) - 1
-        g_dom = cell_dom[gstart]
-        g_st = cell_st[gstart]
-        m_g = np.diff(np.append(gstart, C)).astype(np.float64)  # PSUs of the group present in domain
+        del skey, bound
+        # group starts in rows (cells are rows in a single-stage design)
+        g_row = gstart if single else cell_starts[gstart]
 
-        # Chunks: contiguous cells of one domain, about chunk_rows rows each.
-        dom_cell_bounds = np.searchsorted(cell_dom, np.arange(D + 1))
-        chunks: list[tuple[int, int, int]] = []  # (domain, first cell, end cell)
-        for d in range(D):
-            c, c1 = int(dom_cell_bounds[d]), int(dom_cell_bounds[d + 1])
-            while c < c1:
-                nxt = int(np.searchsorted(starts, starts[c] + chunk_rows, side="left"))
-                nxt = min(max(nxt, c + 1), c1)
-                chunks.append((d, c, nxt))
-                c = nxt
+        # Chunks: rows [r0, r1) and cells [c0, c1), at cell boundaries, about chunk_rows rows each.
+        chunks: list[tuple[int, int, int, int]] = []
+        step = self.chunk_rows
+        if single:
+            chunks = [(r0, min(r0 + step, C), r0, min(r0 + step, C)) for r0 in range(0, C, step)]
+        else:
+            cell_ends = np.append(cell_starts[1:], n_sel)
+            c0 = 0
+            while c0 < C:
+                c1 = int(np.searchsorted(cell_starts, cell_starts[c0] + step, side="left"))
+                c1 = min(max(c1, c0 + 1), C)
+                chunks.append((int(cell_starts[c0]), int(cell_ends[c1 - 1]), c0, c1))
+                c0 = c1
 
-        cache_ok = 2 * C * k * 8 <= _CACHE_BYTES
+        def groups_in(r0: int, r1: int) -> tuple[np.ndarray, np.ndarray]:
+            """Groups met in rows [r0, r1) and where each starts, as offsets from r0."""
+            lo = int(np.searchsorted(g_row, r0, side="right")) - 1
+            hi = int(np.searchsorted(g_row, r1, side="left"))
+            at = g_row[lo:hi] - r0
+            at[0] = 0
+            return np.arange(lo, hi), at
+
         cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        cache_ok = True
 
-        def cell_totals(c0: int, c1: int):
-            """Weighted PSU-in-domain totals (column-major) and the chunk's row-level y, a."""
-            r0, r1 = int(starts[c0]), int(ends[c1 - 1])
-            idx = row_idx[r0:r1]
-            yc, ac = get_ya(idx)
-            wc = w[idx][:, None]
-            ncell = c1 - c0
-            if ncell == r1 - r0:  # every PSU-in-domain is a single row (e.g. single-stage designs)
-                return yc * wc, ac * wc, yc, ac
-            # Column-wise bincount on integer cell ids: O(rows) per column, much faster than
-            # reduceat along axis 0 when cells are small.
-            ids = np.repeat(np.arange(ncell), ends[c0:c1] - starts[c0:c1])
-            Yc = np.empty((ncell, k), order="F")
-            Xc = np.empty((ncell, k), order="F")
-            for j in range(k):
-                Yc[:, j] = np.bincount(ids, weights=yc[:, j] * wc[:, 0], minlength=ncell)
-                Xc[:, j] = np.bincount(ids, weights=ac[:, j] * wc[:, 0], minlength=ncell)
-            return Yc, Xc, yc, ac
-
-        def group_sum(values: np.ndarray, c0: int, c1: int, row_level: bool = False):
-            """Sums over the (domain, stratum) groups met in cells c0..c1 (contiguous runs)."""
-            grp = cell_group[c0:c1]
-            local = np.flatnonzero(np.concatenate(([True], grp[1:] != grp[:-1])))
-            at = starts[c0:c1][local] - starts[c0] if row_level else local
-            if values.dtype == bool:  # counting: integer sums of bytes are ~2x faster than floats
-                return grp[local], np.add.reduceat(values.view(np.uint8), at, axis=0, dtype=np.int64)
-            return grp[local], np.add.reduceat(values, at, axis=0)
+        def columns(ci: int, r0: int, r1: int) -> tuple[np.ndarray, np.ndarray]:
+            nonlocal cache_ok
+            if ci in cache:
+                return cache.pop(ci)
+            y, a = get_ya(row_idx[r0:r1])
+            if y.shape != (k, r1 - r0) or a.shape != (k, r1 - r0):
+                raise ValueError(f"get_ya must return (k, rows) arrays; got {y.shape}, {a.shape}")
+            return y, a
 
         # Pass 1: group totals.
-        YG = np.zeros((G, k))
-        XG = np.zeros((G, k))
+        budget = _CACHE_BYTES
+        YG = [None if wv is None else np.zeros((G, k)) for wv in weights]
+        XG = [None if wv is None else np.zeros((G, k)) for wv in weights]
         UY = np.zeros((G, k))
         UA = np.zeros((G, k))
         NA = np.zeros((G, k))
-        for ci, (_, c0, c1) in enumerate(chunks):
-            Yc, Xc, yc, ac = cell_totals(c0, c1)
-            if cache_ok:
-                cache[ci] = (Yc, Xc)
-            for target, vals in ((YG, Yc), (XG, Xc)):
-                g, tot = group_sum(vals, c0, c1)
-                target[g] += tot
-            g, tot = group_sum(yc, c0, c1, row_level=True)
-            UY[g] += tot
-            g, tot = group_sum(ac, c0, c1, row_level=True)
-            UA[g] += tot
-            if ac.dtype == bool:
-                NA[g] += tot
-            else:
-                g, tot = group_sum(ac != 0, c0, c1, row_level=True)
-                NA[g] += tot
-            del Yc, Xc, yc, ac
+        for ci, (r0, r1, c0, c1) in enumerate(chunks):
+            y, a = columns(ci, r0, r1)
+            g, at = groups_in(r0, r1)
+            UY[g] += _reduce_cols(y, at).T
+            ua = _reduce_cols(a, at).T
+            UA[g] += ua
+            NA[g] += ua if a.dtype == bool else _reduce_cols(a != 0, at).T
+            idx = row_idx[r0:r1]
+            for m, wv in enumerate(weights):
+                if wv is not None:
+                    wc = wv[idx]
+                    YG[m][g] += np.add.reduceat(y * wc, at, axis=1).T
+                    XG[m][g] += np.add.reduceat(a * wc, at, axis=1).T
+            size = y.nbytes + a.nbytes
+            if budget >= size:
+                cache[ci] = (y, a)
+                budget -= size
+            del y, a
+
+        g_bounds = np.searchsorted(g_dom, np.arange(D + 1))
+        present = np.flatnonzero(np.diff(g_bounds))
+        present_bounds = np.append(g_bounds[present], G)
 
         def by_domain(values: np.ndarray) -> np.ndarray:
-            out = np.zeros((D, k))
-            np.add.at(out, g_dom, values)
+            out = np.zeros((D,) + values.shape[1:])
+            if present.shape[0]:
+                out[present] = np.add.reduceat(values, g_bounds[present], axis=0)
             return out
 
-        Y = by_domain(YG)
-        X = by_domain(XG)
-        ok = X > 0
-        with np.errstate(invalid="ignore", divide="ignore"):
-            R = np.where(ok, Y / np.where(ok, X, 1.0), np.nan)
-        R0 = np.where(ok, R, 0.0)
-        Xs = np.where(ok, X, 1.0)
-        # Stratum means of z over all n_h PSUs of the stratum (absent PSUs are zeros).
-        zbar = (YG - R0[g_dom] * XG) / Xs[g_dom] / self.n_h[g_st][:, None]
-        zbar *= ok[g_dom]
-        zbar *= self._centre[g_st][:, None]
         sq_scale = np.sqrt(self.scale)
+        centred = self._centre[g_st] * self.scale[g_st] * self.n_h[g_st]
+        per_w = []
+        for m in range(n_w):
+            Yg = UY if YG[m] is None else YG[m]
+            Xg = UA if XG[m] is None else XG[m]
+            Y = by_domain(Yg)
+            X = by_domain(Xg)
+            ok = X > 0
+            with np.errstate(invalid="ignore", divide="ignore"):
+                R = np.where(ok, Y / np.where(ok, X, 1.0), np.nan)
+                alpha = np.where(ok, 1.0 / np.where(ok, X, 1.0), 0.0)  # 1/X, 0 where unusable
+            beta = np.where(ok, R, 0.0) * alpha  # R/X
+            # Group means of z over all n_h PSUs of the stratum; the n_h z̄ z̄ᵀ terms go first.
+            zbar = (Yg * alpha[g_dom] - Xg * beta[g_dom]) / self.n_h[g_st][:, None]
+            V = np.zeros((D, k, k))
+            _gram_runs(np.ascontiguousarray((zbar * np.sqrt(centred)[:, None]).T), present, present_bounds, V)
+            np.negative(V, out=V)
+            per_w.append((Y, X, ok, R, alpha, beta, V))
+        V_srs = np.zeros((D, k, k)) if srs else None
+        unit = next((m for m, wv in enumerate(weights) if wv is None), None)
 
-        # Pass 2: centred PSU totals.
-        V = np.zeros((D, k, k))
-        for ci, (d, c0, c1) in enumerate(chunks):
-            Yc, Xc = cache.pop(ci) if cache_ok else cell_totals(c0, c1)[:2]
-            Z = Xc * -R0[d]  # z_j = (Y_j - R X_j) / X, in place
-            Z += Yc
-            Z /= Xs[d]
-            del Yc, Xc
-            Z -= zbar[cell_group[c0:c1]]
-            Z *= sq_scale[cell_st[c0:c1]][:, None]
-            Z[:, ~ok[d]] = 0.0
-            V[d] += Z.T @ Z
-        absent = (self.n_h[g_st] - m_g) * self.scale[g_st]
-        Zb = zbar * np.sqrt(absent)[:, None]
-        # Groups are sorted by domain: each domain's groups are one contiguous slice.
-        g_bounds = np.searchsorted(g_dom, np.arange(D + 1))
-        for d in np.flatnonzero(np.diff(g_bounds)):
-            zb = Zb[g_bounds[d]:g_bounds[d + 1]]
-            V[d] += zb.T @ zb
+        # Pass 2: PSU totals of z, Gram matrices per domain.
+        for ci, (r0, r1, c0, c1) in enumerate(chunks):
+            y, a = columns(ci, r0, r1)
+            idx = row_idx[r0:r1]
+            if single:
+                g, at = groups_in(r0, r1)
+                dom = np.repeat(g_dom[g], np.diff(np.append(at, r1 - r0)))
+                factor_rows = sq_scale[self.stratum_code[idx]]
+            else:
+                cell_at = cell_starts[c0:c1] - r0
+                dom = cell_dom[c0:c1]
+                factor_cells = sq_scale[cell_st[c0:c1]]
+            runs = np.flatnonzero(np.concatenate(([True], dom[1:] != dom[:-1])))
+            run_dom = dom[runs]
+            run_bounds = np.append(runs, dom.shape[0])
+            for m, wv in enumerate(weights):
+                _, _, _, _, alpha, beta, V = per_w[m]
+                if single:
+                    Z = _linearised(y, a, alpha, beta, dom, run_dom, run_bounds)
+                    if srs and m == unit:
+                        _gram_runs(Z, run_dom, run_bounds, V_srs)
+                    Z *= factor_rows if wv is None else wv[idx] * factor_rows
+                else:
+                    if wv is None:
+                        Yc, Xc = _reduce_cols(y, cell_at), _reduce_cols(a, cell_at)
+                    else:
+                        wc = wv[idx]
+                        Yc = np.add.reduceat(y * wc, cell_at, axis=1)
+                        Xc = np.add.reduceat(a * wc, cell_at, axis=1)
+                    Z = _linearised(Yc, Xc, alpha, beta, dom, run_dom, run_bounds)
+                    del Yc, Xc
+                    Z *= factor_cells
+                _gram_runs(Z, run_dom, run_bounds, V)
+                del Z
+            del y, a
 
+        out = []
         Uy = by_domain(UY)
         Ua = by_domain(UA)
-        Nn = by_domain(NA)
-        out = []
-        for d in range(D):
-            cov = V[d].copy()
-            cov[~ok[d], :] = np.nan
-            cov[:, ~ok[d]] = np.nan
-            out.append(RatioEstimates(
-                ratio=R[d], cov=cov, numerator=Y[d], denominator=X[d], n=Nn[d].astype(np.int64),
-                unweighted_numerator=Uy[d], unweighted_denominator=Ua[d]))
+        Nn = by_domain(NA).astype(np.int64)
+        results = [(Y, X, ok, R, V) for Y, X, ok, R, _, _, V in per_w]
+        if srs:
+            n_all = float(self.n_rows)
+            V_srs *= n_all / (n_all - 1.0) if n_all > 1 else 0.0
+            Y, X, ok, R = results[unit][:4]
+            results.append((Y, X, ok, R, V_srs))
+        for Y, X, ok, R, V in results:
+            V[~(ok[:, :, None] & ok[:, None, :])] = np.nan
+            out.append(DomainEstimates(ratio=R, cov=V, numerator=Y, denominator=X, n=Nn,
+                                       unweighted_numerator=Uy, unweighted_denominator=Ua))
         return out
+
+
+def _stable_order(key: np.ndarray, bound: int) -> np.ndarray:
+    """Stable argsort of non-negative integer keys below ``bound``: numpy radix-sorts 8- and
+    16-bit keys in linear time, which is most of the sorting a large national file needs."""
+    if bound <= 1 << 8:
+        return key.astype(np.uint8).argsort(kind="stable")
+    if bound <= 1 << 16:
+        return key.astype(np.uint16).argsort(kind="stable")
+    return key.argsort(kind="stable")
+
+
+def _reduce_cols(values: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """Sums over runs of columns starting at ``at`` (float64); booleans are counted as bytes into
+    int32, several times faster than a float sum."""
+    if values.dtype == bool:
+        return np.add.reduceat(values.view(np.uint8), at, axis=1, dtype=np.int32).astype(np.float64)
+    return np.add.reduceat(values, at, axis=1, dtype=np.float64)
+
+
+def _linearised(Y: np.ndarray, X: np.ndarray, alpha: np.ndarray, beta: np.ndarray, dom: np.ndarray,
+                run_dom: np.ndarray, run_bounds: np.ndarray) -> np.ndarray:
+    """z = Y/X − (R/X)·X per column (k, cells), with each cell's domain's 1/X (``alpha``) and R/X
+    (``beta``): broadcast over a long run of one domain, gathered for many short ones."""
+    k, m = Y.shape
+    Z = np.empty((k, m))
+    lengths = np.diff(run_bounds)
+    long_runs = np.flatnonzero(lengths >= 64)
+    if long_runs.shape[0] == run_dom.shape[0]:
+        for r in long_runs:
+            s0, s1, d = run_bounds[r], run_bounds[r + 1], run_dom[r]
+            z = Z[:, s0:s1]
+            np.multiply(Y[:, s0:s1], alpha[d][:, None], out=z)
+            z -= X[:, s0:s1] * beta[d][:, None]
+        return Z
+    np.multiply(Y, alpha.T[:, dom], out=Z)  # alpha.T[:, dom] is (k, m) like Y: no strided access
+    Z -= X * beta.T[:, dom]
+    return Z
+
+
+def _gram_runs(Z: np.ndarray, run_dom: np.ndarray, run_bounds: np.ndarray, V: np.ndarray,
+               *, long_run: int = 64, batch_cols: int = 1 << 15) -> None:
+    """V[run_dom[r]] += Z_r Z_rᵀ for the column runs r of Z (k, m) (``run_bounds``: len(run_dom)+1
+    offsets; domains distinct).  A long run is one matrix product; short runs -- thousands of
+    small domains -- go as stacked products in batches of about ``batch_cols`` columns, so the
+    Python cost no longer grows with the number of domains."""
+    k = Z.shape[0]
+    lengths = np.diff(run_bounds)
+    for r in np.flatnonzero(lengths >= long_run):
+        zr = Z[:, run_bounds[r]:run_bounds[r + 1]]
+        V[run_dom[r]] += zr @ zr.T
+    short = np.flatnonzero((lengths < long_run) & (lengths > 0))
+    if not short.shape[0]:
+        return
+    # Short runs padded with zero columns to the next power of two and multiplied as a stack:
+    # one batched product per size class instead of a Python call per domain.
+    Zp = np.concatenate((Z, np.zeros((k, 1))), axis=1)
+    pad = Z.shape[1]
+    size_class = np.ceil(np.log2(lengths[short])).astype(np.int64)
+    for c in np.unique(size_class):
+        runs = short[size_class == c]
+        width = 1 << int(c)
+        offsets = np.arange(width)
+        for b0 in range(0, runs.shape[0], max(1, batch_cols // width)):
+            rb = runs[b0:b0 + max(1, batch_cols // width)]
+            idx = run_bounds[rb][:, None] + offsets[None, :]
+            idx = np.where(offsets[None, :] < lengths[rb][:, None], idx, pad)
+            A = Zp[:, idx].transpose(1, 0, 2)  # (runs, k, width)
+            V[run_dom[rb]] += A @ A.transpose(0, 2, 1)
 
 
 def _plain(label: Any) -> Any:
@@ -767,17 +963,17 @@ def estimate(responses: Responses, design: Design, *, lonely_psu: str | None = N
     col = [responses.items.index(c) for c in design.items]
     items = design.items
     sampling = _sample_design(responses, design, lonely_psu)
-    answers = responses.answers
+    # Column-major (items × respondents): the estimator sums runs of respondents per item.
+    answers = np.ascontiguousarray(responses.answers[:, col].T)
     # "Satisfied" is usually the top of the scale (4, 5): one comparison; otherwise a lookup table
     # indexed by answer code + 1 (codes -1..5).  Both beat np.isin on large blocks.
     low = min(design.satisfied)
     top_of_scale = design.satisfied == tuple(range(low, 6))
     is_satisfied = np.zeros(7, dtype=bool)
     is_satisfied[np.asarray(design.satisfied) + 1] = True
-    all_cols = col == list(range(len(responses.items)))
 
     def get_ya(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        block = answers[rows] if all_cols else answers[rows][:, col]
+        block = answers[:, rows]
         y = block >= low if top_of_scale else is_satisfied[block + 1]
         return y, block >= 1
 
