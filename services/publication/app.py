@@ -6,12 +6,13 @@ from pathlib import Path
 
 import httpx
 from fastapi import FastAPI
+from starlette.middleware import Middleware
 
 from services.publication import api, page, public_api
 from services.publication.consumers import CONSUMERS
 from services.publication.models import Base
 from services.publication.public import PublicCache
-from services.publication.public_api import RateLimiter
+from services.publication.public_api import RateLimiter, StoredBodyFastPath
 from services.publication.settings import PublicationSettings
 from services.publication.webhooks import Scheduler
 from shared.bus import EventBus
@@ -64,14 +65,13 @@ class RequestSizeLimit:
             await self.app(scope, receive, send)
             return
         limit = self.settings.max_request_bytes
-        too_large = problem_response(PayloadTooLarge(f"Request bodies are limited to {limit} bytes."))
         declared = None
         for name, value in scope.get("headers") or []:
             if name == b"content-length":
                 declared = int(value) if value.isdigit() else None
         if declared is not None:
             if declared > limit:
-                await too_large(scope, receive, send)
+                await _too_large(limit)(scope, receive, send)
                 return
             await self.app(scope, receive, send)
             return
@@ -86,7 +86,7 @@ class RequestSizeLimit:
             chunks.append(message.get("body", b""))
             seen += len(chunks[-1])
             if seen > limit:
-                await too_large(scope, receive, send)
+                await _too_large(limit)(scope, receive, send)
                 return
             if not message.get("more_body"):
                 break
@@ -103,6 +103,10 @@ class RequestSizeLimit:
         await self.app(scope, replay, send)
 
 
+def _too_large(limit: int):
+    return problem_response(PayloadTooLarge(f"Request bodies are limited to {limit} bytes."))
+
+
 def create_app(settings: PublicationSettings | None = None, *, bus: EventBus | None = None) -> FastAPI:
     settings = settings or PublicationSettings()
     app = build_app(SPEC, settings, bus=bus)
@@ -110,6 +114,8 @@ def create_app(settings: PublicationSettings | None = None, *, bus: EventBus | N
     app.state.rate_limiter = RateLimiter()
     app.state.public_cache = PublicCache()
     app.add_middleware(RequestSizeLimit, settings=settings)
+    # Innermost (just outside the router), so the correlation-id and metrics middleware wrap it.
+    app.user_middleware.append(Middleware(StoredBodyFastPath, fastapi_app=app))
     _anonymous_public_operations(app)
     return app
 

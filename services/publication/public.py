@@ -16,6 +16,7 @@ import datetime as dt
 import hashlib
 import io
 import json
+from time import monotonic
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -62,12 +63,29 @@ def request_key(request: Request) -> str:
 
 def matches(request: Request, etag: str) -> bool:
     """Strong comparison (RFC 9110 §13.1.2): weak validators never match."""
-    header = request.headers.get("if-none-match")
+    return matches_header(request.headers.get("if-none-match"), etag)
+
+
+def matches_header(header: str | None, etag: str) -> bool:
     if not header:
         return False
     if header.strip() == "*":
         return True
     return any(tag.strip() == etag for tag in header.split(","))
+
+
+def stored_headers(row: dict, pinned: bool, max_age: int) -> tuple[list, list]:
+    """Raw headers of a stored body's 200 and 304, the same bytes and order the routed path's
+    ``Response`` sends; built once per body and cache policy and kept on the cached row."""
+    key = (pinned, max_age)
+    built = row.setdefault("_headers", {})
+    if key not in built:
+        common = [(b"etag", row["etag"].encode()),
+                  (b"cache-control", (IMMUTABLE if pinned else f"public, max-age={max_age}").encode()),
+                  (b"vary", b"Accept")]
+        built[key] = (common + [(b"content-length", str(len(row["body"])).encode()),
+                                (b"content-type", row["media_type"].encode())], common)
+    return built[key]
 
 
 def cache_headers(request: Request, etag: str) -> dict[str, str]:
@@ -383,10 +401,21 @@ class PublicCache:
         else:
             self.releases.pop(release_id, None)
 
-    async def versions(self, session_factory, tables: dict[str, Table], release_id: str) -> list[tuple[int, dt.datetime, str]]:
-        import time
+    def fresh_versions(self, release_id: str) -> list[tuple[int, dt.datetime, str]] | None:
+        """The cached version list if it is fresh, else None (no await: the fast path's hit)."""
+        hit = self.releases.get(release_id)
+        if hit is not None and monotonic() - hit[0] < self.ttl:
+            return hit[1]
+        return None
 
-        now = time.monotonic()
+    def cached_body(self, version_id: str, resource: str) -> dict | None:
+        hit = self.bodies.get((version_id, resource))
+        if hit is not None:
+            self.bodies.move_to_end((version_id, resource))
+        return hit
+
+    async def versions(self, session_factory, tables: dict[str, Table], release_id: str) -> list[tuple[int, dt.datetime, str]]:
+        now = monotonic()
         hit = self.releases.get(release_id)
         if hit is not None and now - hit[0] < self.ttl:
             return hit[1]

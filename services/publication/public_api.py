@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import re
 import time
 from typing import Annotated, Literal
+from urllib.parse import unquote_plus
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import Response
@@ -102,7 +104,7 @@ class RateLimiter:
 
 
 async def limit_anonymous(request: Request, principal: OptionalPrincipal) -> None:
-    if principal is not None:
+    if principal is not None or request.scope.get("state", {}).get(RATE_CHECKED):
         return
     settings = request.app.state.settings
     limiter: RateLimiter = request.app.state.rate_limiter
@@ -234,6 +236,120 @@ async def _stored(request: Request, release_id: str, as_of, version, resource: s
     if public.matches(request, row["etag"]):
         return Response(status_code=304, headers=headers)
     return Response(row["body"], media_type=row["media_type"], headers=headers)
+
+
+# --- the hot path without the framework: stored bodies straight from the cache ---
+
+_STORED_PATH = re.compile(
+    r"^/v1/public/releases/([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})(/metadata)?$"
+)
+# Only the plain ISO forms both this parser and pydantic read the same way; anything else takes
+# the routed path, whose validation answers it (422) exactly as documented.
+_PLAIN_INSTANT = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:\d{2})?$")
+RATE_CHECKED = "publication.rate_checked"
+
+
+class StoredBodyFastPath:
+    """Pure-ASGI answer of ``GET /v1/public/releases/{id}`` and ``.../metadata`` (the stored
+    bodies, the portals' and dashboards' most frequent request) from the per-process cache.
+
+    FastAPI's routing and dependency resolution cost several times what the answer itself costs
+    (the benchmark measured a 304 at under a fifth of a raw ASGI app through them), and a
+    published body is immutable bytes with a precomputed ETag, so there is nothing to validate.
+    Only the simple, common shape is answered here: anonymous, no query or only ``version`` /
+    ``as_of`` in plain forms, a visible version. Everything else (a key, other parameters,
+    malformed values, a future ``as_of``, unknown or embargoed releases, a rate-limited client)
+    falls through to the routed handler, which answers it with the same rules and problem+json;
+    a request counted against the anonymous rate limit here is not counted again there.
+    Installed inside the request-context middleware, so correlation ids and metrics (labelled
+    with the route's template) are the same on both paths.
+    """
+
+    def __init__(self, app, fastapi_app) -> None:
+        self.app = app
+        self.fastapi_app = fastapi_app
+        self.routes: dict[str, object] | None = None
+
+    def _route(self, resource: str):
+        if self.routes is None:  # this module's router: its routes carry the full path
+            found = {getattr(r, "path", None): r for r in router.routes}
+            self.routes = {"document": found.get("/v1/public/releases/{release_id}"),
+                           "metadata": found.get("/v1/public/releases/{release_id}/metadata")}
+        return self.routes[resource]
+
+    async def __call__(self, scope, receive, send) -> None:
+        if (scope["type"] == "http" and scope["method"] == "GET" and scope["path"].startswith("/v1/public/releases/")
+                and await self._answer(scope, send)):
+            return
+        await self.app(scope, receive, send)
+
+    async def _answer(self, scope, send) -> bool:
+        """Send the stored answer and return True, or return False to let the router answer."""
+        m = _STORED_PATH.match(scope["path"])
+        if m is None:
+            return False
+        if_none_match = None
+        for name, value in scope["headers"]:
+            if name in (b"x-api-key", b"x-internal-token"):
+                return False  # authenticated on the routed path
+            if name == b"if-none-match":
+                if if_none_match is not None:
+                    return False
+                if_none_match = value
+        version = as_of = None
+        query = scope.get("query_string") or b""
+        if query:
+            for part in query.split(b"&"):
+                key, _, raw = part.partition(b"=")
+                if key == b"version" and version is None and raw.isdigit() and raw[:1] != b"0" and len(raw) <= 6:
+                    version = int(raw)
+                    if version > 100000:
+                        return False
+                elif key == b"as_of" and as_of is None:
+                    text = unquote_plus(raw.decode("latin-1"))
+                    if not _PLAIN_INSTANT.match(text):
+                        return False
+                    as_of = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+                    if as_of.tzinfo is None:
+                        as_of = as_of.replace(tzinfo=dt.UTC)
+                else:
+                    return False
+        state = self.fastapi_app.state._state  # the dict behind app.state: one lookup per item
+        now = state["clock"]()
+        if as_of is not None and as_of > now:
+            return False
+        settings = state["settings"]
+        client = scope.get("client")
+        if state["rate_limiter"].take(client[0] if client else "unknown", settings.anonymous_rate_per_minute,
+                                      settings.anonymous_burst):
+            return False  # refused: the routed path answers 429 with Retry-After (not counted twice)
+        scope.setdefault("state", {})[RATE_CHECKED] = True
+        resource = "metadata" if m.group(2) else "document"
+        cache: public.PublicCache = state["public_cache"]
+        try:
+            versions = cache.fresh_versions(m.group(1))
+            if versions is None:
+                versions = await cache.versions(state["sessions"], state["tables"], m.group(1))
+            picked = public.pick_visible(versions, as_of or now, version)
+            if picked is None:
+                return False
+            row = cache.cached_body(picked[2], resource)
+            if row is None:
+                row = await cache.body(state["sessions"], state["tables"], picked[2], resource)
+        except Exception:  # e.g. the database is down: the routed path reports it as a problem
+            return False
+        if row is None:
+            return False
+        pinned = version is not None or as_of is not None
+        full, bare = public.stored_headers(row, pinned, settings.public_max_age_seconds)
+        scope["route"] = self._route(resource)
+        if if_none_match is not None and public.matches_header(if_none_match.decode("latin-1"), row["etag"]):
+            await send({"type": "http.response.start", "status": 304, "headers": bare})
+            await send({"type": "http.response.body", "body": b""})
+        else:
+            await send({"type": "http.response.start", "status": 200, "headers": full})
+            await send({"type": "http.response.body", "body": row["body"]})
+        return True
 
 
 @router.get("/releases/{release_id}/versions", response_model=VersionList, responses=_responses(True),
