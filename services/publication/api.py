@@ -14,7 +14,7 @@ import datetime as dt
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 
 from services.publication import public, service, webhooks
 from services.publication.schemas import (
@@ -306,6 +306,20 @@ async def replay_delivery(hook_id: HookId, delivery_id: DeliveryId, request: Req
         raise Conflict("The webhook is disabled; enable it first (POST .../enable).")
     if row["status"] == "pending":
         raise Conflict("The delivery is still being retried automatically; replay it once it has failed or succeeded.")
+    # Claim the replay with a conditional update, so that two replays sent at once (a double
+    # click, a retrying client) make one POST: the second finds the lease and gets 409. The
+    # lease ends when the attempt is recorded (send clears it) or, after a crash, on its own.
+    now = request.app.state.clock()
+    lease = now + dt.timedelta(seconds=request.app.state.settings.webhook_timeout_seconds + 30)
+    async with unit_of_work(request) as session:
+        claimed = await session.execute(
+            update(d).where(d.c.id == delivery_id, d.c.status != "pending",
+                            or_(d.c.next_attempt_at.is_(None), d.c.next_attempt_at <= now))
+            .values(next_attempt_at=lease)
+        )
+    if claimed.rowcount != 1:
+        raise Conflict("The delivery is already being sent (a replay or a retry is in progress); "
+                       "read its log and replay it once that attempt is recorded.")
     await webhooks.send(request.app, delivery_id, replay=True)
     async with read_session(request) as session:
         return (await _delivery_reads(session, request, hook_id, delivery_id))[0]

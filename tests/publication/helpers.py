@@ -198,11 +198,17 @@ class Receiver:
     def __init__(self, statuses: list[int] | None = None) -> None:
         self.statuses = list(statuses or [])
         self.received: list[dict] = []
+        # Set ``gate`` to hold every request until it is set; ``arrived`` is set when one waits.
+        self.gate: asyncio.Event | None = None
+        self.arrived = asyncio.Event()
         app = FastAPI()
 
         @app.post("/hook")
         async def hook(request: Request):
             body = await request.body()
+            if self.gate is not None:
+                self.arrived.set()
+                await self.gate.wait()
             status = self.statuses.pop(0) if self.statuses else 200
             self.received.append({"headers": dict(request.headers), "body": body, "status": status})
             return Response(status_code=status)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+
+from sqlalchemy import update
 
 from services.publication.webhooks import check_url, verify
 from shared.errors import BadRequest
@@ -152,3 +155,55 @@ def test_url_policy_unit():
         except BadRequest:
             continue
         raise AssertionError(url)
+
+
+async def test_a_replay_while_the_delivery_is_being_retried_or_already_replayed_is_a_409(stack, clients):
+    s = Scenario(stack, clients)
+    await s.keys()
+    settings = s.app.state.settings
+    settings.scheduler_poll_seconds = 0.05
+    settings.webhook_retry_base_seconds = 3600  # after a failure the next attempt is an hour away
+    settings.webhook_max_attempts = 3
+    portal = await clients.key("portal", "01")
+    receiver = Receiver([500])
+    async with serve(receiver.app) as url:
+        hook = (await s.api.post("/v1/webhooks", json={"url": f"{url}/hook"}, headers=portal)).json()
+        await s.published_release()
+        deliveries = f"/v1/webhooks/{hook['id']}/deliveries"
+
+        async def failed_once():
+            items = (await s.api.get(deliveries, headers=portal)).json()["items"]
+            assert items and items[0]["attempts"] == 1, items
+            return items[0]
+
+        item = await eventually(failed_once)
+        assert item["status"] == "pending" and item["next_attempt_at"] is not None
+        # Still being retried automatically: a replay would race the retry.
+        r = await s.api.post(f"{deliveries}/{item['id']}/replay", headers=portal)
+        assert r.status_code == 409 and r.json()["type"] == "urn:sipas:problem:conflict"
+        assert "still being retried" in r.json()["detail"]
+        assert len(receiver.received) == 1
+
+        # Once it has succeeded it can be replayed; two replays sent at once make one POST.
+        async with s.app.state.sessions() as session:  # bring the hour-away retry forward
+            d = s.app.state.tables["webhook_delivery"]
+            await session.execute(update(d).where(d.c.id == item["id"]).values(next_attempt_at=s.app.state.clock()))
+            await session.commit()
+
+        async def delivered():
+            got = (await s.api.get(deliveries, headers=portal)).json()["items"]
+            assert got[0]["status"] == "delivered", got
+
+        await eventually(delivered)
+        receiver.gate = asyncio.Event()
+        first = asyncio.create_task(s.api.post(f"{deliveries}/{item['id']}/replay", headers=portal))
+        await asyncio.wait_for(receiver.arrived.wait(), 30)
+        second = await s.api.post(f"{deliveries}/{item['id']}/replay", headers=portal)
+        assert second.status_code == 409 and "already being sent" in second.json()["detail"]
+        receiver.gate.set()
+        assert (await first).status_code == 200
+        log = (await s.api.get(deliveries, headers=portal)).json()["items"][0]["log"]
+        assert [(a["status_code"], a["replay"]) for a in log] == [(500, False), (200, False), (200, True)]
+        # The lease ended with the recorded attempt: the next replay goes through.
+        receiver.gate = None
+        assert (await s.api.post(f"{deliveries}/{item['id']}/replay", headers=portal)).status_code == 200
