@@ -1,8 +1,8 @@
 """The public page at / and the OpenAPI document a dashboard builder generates a client from.
 
-No browser can be installed from the package registries here (browser builds are downloaded
-from elsewhere), so the page is checked as served: the HTML, its Vietnamese text, the API calls
+The page is checked as served on every machine: the HTML, its Vietnamese text, the API calls
 its script makes, and the data those calls return, which is what the chart and table draw.
+Where Chromium is installed, ``test_page_in_browser.py`` also renders it in a headless browser.
 The client is generated for real with openapi-python-client and used against the service.
 """
 
