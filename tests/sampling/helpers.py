@@ -90,13 +90,14 @@ async def drawn_wave(clients, ministry, *, records=None, design=None, **kw) -> d
     return {"wave": wave, "draw": r.json()}
 
 
-async def sampling_events(stack, event_type: str) -> list[dict]:
-    """Envelopes sampling staged in its outbox, oldest first."""
+async def sampling_events(stack, event_type: str, wave_id: str) -> list[dict]:
+    """Envelopes of one wave that sampling staged in its outbox, oldest first (a module's tests
+    share one service: each reads its own wave's events only)."""
     app = stack.apps["sampling"]
     outbox = app.state.tables["outbox"]
     async with app.state.sessions() as session:
         rows = await session.execute(select(outbox.c.envelope).where(outbox.c.type == event_type).order_by(outbox.c.seq))
-        return [r[0] for r in rows]
+        return [r[0] for r in rows if r[0]["data"]["wave_id"] == wave_id]
 
 
 async def all_units(clients, headers, wave_id: str, **params) -> list[dict]:

@@ -4,6 +4,8 @@ supervision export."""
 
 from __future__ import annotations
 
+import pytest
+
 from tests.sampling.helpers import (
     SEED,
     all_units,
@@ -18,6 +20,8 @@ from tests.sampling.helpers import (
 # The sample hash of helpers.drawn_wave's frame, design and seed. It is the same on SQLite and
 # PostgreSQL and on any machine: if this changes, every published sample changes with it.
 GOLDEN_HASH = "ecd87ddbe51d483989122501a62b5e43e28eed15833e5c7c11f0e7b918bd4e44"
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")  # one service per module: conftest.py
 
 
 async def test_draw_is_reproducible_verifiable_and_not_redrawn_without_an_audited_reset(clients, stack):
@@ -60,14 +64,13 @@ async def test_draw_is_reproducible_verifiable_and_not_redrawn_without_an_audite
     actions = [e["action"] for e in audit["items"]]
     for action in ("wave.create", "frame.batch", "frame.close", "design.set", "sample.draw"):
         assert action in actions
-    drawn_events = [e for e in await sampling_events(stack, "sipas.sampling.sample.drawn.v1")
-                    if e["data"]["wave_id"] == wave_id]
+    drawn_events = await sampling_events(stack, "sipas.sampling.sample.drawn.v1", wave_id)
     assert len({e["data"]["draw_id"] for e in drawn_events}) == 2
 
 
 async def test_design_preview_and_bad_designs(clients):
     ministry = await clients.key("ministry")
-    wave = await open_wave(clients, ministry)
+    wave = await open_wave(clients, ministry, code="SIPAS-2026-PREVIEW")
     records = transactions("01", 120) + transactions("79", 80)
     assert (await push(clients, ministry, wave["id"], "b", records)).status_code == 200
     url = f"/v1/waves/{wave['id']}/design/preview"
@@ -130,5 +133,5 @@ async def test_multi_stage_draw_of_a_resident_frame(clients, stack):
     assert r.status_code == 200, r.text
     rep = r.json()["replacement"]
     assert rep["ssu"] == lost["ssu"] and rep["order"] == 1 and rep["status"] == "released"
-    event = (await sampling_events(stack, "sipas.sampling.unit.replaced.v1"))[-1]["data"]
+    event = (await sampling_events(stack, "sipas.sampling.unit.replaced.v1", wave["id"]))[-1]["data"]
     assert event["replacement"]["unit_id"] == rep["unit_id"] and event["reason"] == "moved"

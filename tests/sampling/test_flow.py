@@ -8,10 +8,14 @@ import io
 import uuid
 from collections import defaultdict
 
+import pytest
+
 from shared.contracts.survey import ReplacementRequested
 from shared.events import make_event
 from tests.conftest import eventually
 from tests.sampling.helpers import all_units, drawn_wave, sampling_events
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")  # one service per module: conftest.py
 
 
 async def test_draw_stores_sample_and_reserves_and_announces_them(clients, stack):
@@ -45,7 +49,7 @@ async def test_draw_stores_sample_and_reserves_and_announces_them(clients, stack
     assert sum(s["population"] for s in drawn["strata"]) == 500
 
     # sample.drawn: the sampled units only, no contacts, every chunk of the draw.
-    events = await sampling_events(stack, "sipas.sampling.sample.drawn.v1")
+    events = await sampling_events(stack, "sipas.sampling.sample.drawn.v1", wave["id"])
     assert {e["data"]["chunks"] for e in events} == {len(events)}
     announced = [u for e in events for u in e["data"]["units"]]
     assert sorted(u["unit_id"] for u in announced) == sorted(u["unit_id"] for u in sample)
@@ -59,7 +63,7 @@ async def test_draw_stores_sample_and_reserves_and_announces_them(clients, stack
 
 async def test_replacement_requested_releases_reserves_in_order_then_reports_exhaustion(clients, stack):
     ministry = await clients.key("ministry")
-    got = await drawn_wave(clients, ministry)
+    got = await drawn_wave(clients, ministry, code="SIPAS-2026-REPL")
     wave_id = got["wave"]["id"]
     units = await all_units(clients, ministry, wave_id)
     # The smallest stratum: its reserve list runs out first.
@@ -77,7 +81,7 @@ async def test_replacement_requested_releases_reserves_in_order_then_reports_exh
         await stack.bus.publish(event)  # redelivered: one effect
 
     async def all_handled():
-        events = await sampling_events(stack, "sipas.sampling.unit.replaced.v1")
+        events = await sampling_events(stack, "sipas.sampling.unit.replaced.v1", wave_id)
         assert len(events) == len(lost)
         return events
     events = await eventually(all_handled, timeout=20)
@@ -101,7 +105,7 @@ async def test_replacement_requested_releases_reserves_in_order_then_reports_exh
                                     json={"unit_id": lost[0]["unit_id"], "reason": "moved"}, headers=ministry)
     assert r.status_code == 200, r.text
     assert r.json()["already_handled"] is True and r.json()["reason"] == "refused"
-    assert len(await sampling_events(stack, "sipas.sampling.unit.replaced.v1")) == len(lost)
+    assert len(await sampling_events(stack, "sipas.sampling.unit.replaced.v1", wave_id)) == len(lost)
 
 
 async def check_contacts_for_vnpost_and_own_province_only(clients, ministry, wave_id):

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import unicodedata
 
+import pytest
+
 from tests.sampling.helpers import open_wave, push, transactions
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")  # one service per module: conftest.py
 
 
 async def frame(clients, headers, wave_id):
@@ -123,7 +127,7 @@ async def upload(clients, headers, wave_id, body: bytes, batch_id="file-1", cont
 async def test_csv_upload_streams_rows_with_a_per_row_report(clients):
     ministry = await clients.key("ministry")
     portal = await clients.key("portal", "01")
-    wave = await open_wave(clients, ministry)
+    wave = await open_wave(clients, ministry, code="SIPAS-2026-CSV")
     rows = [csv_row(i) for i in range(50)]
     rows.append(csv_row(50, level="nowhere"))
     rows.append("C01-x,01,too,few\n")

@@ -3,6 +3,8 @@ old→new crosswalk imported through the API."""
 
 from __future__ import annotations
 
+import pytest
+
 OLD_MAP = {
     "unit_set": "vn-2008",
     "valid_from": "2008-08-01",
@@ -15,6 +17,8 @@ OLD_MAP = {
         {"level": "commune", "code": "00004", "name": "Phường Trúc Bạch", "parent_code": "001"},
     ],
 }
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")  # one service per module: conftest.py
 
 
 async def test_current_map_is_seeded_and_older_maps_import(clients):
