@@ -43,7 +43,7 @@ import time
 import uuid
 from pathlib import Path
 
-from bench.common import Result, parser, report, drop_schemas
+from bench.common import Result, drop_schemas, parser, report
 
 PG_URL = os.environ.get("SIPAS_BENCH_DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
 BATCH = 10_000
@@ -135,7 +135,6 @@ async def _run(backend: str, n_import: int, n_frame: int, n_draw: int) -> list[R
     from sqlalchemy import MetaData, Table, func, select, text
 
     from services.embedded import embedded_stack
-    from services.sampling.frames import RECORD_COLUMNS
     from services.sampling.models import frame_record
     from shared.auth import Role, new_key, store_key
     from shared.db import utcnow

@@ -25,14 +25,13 @@ import unicodedata
 import uuid
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
-
-from typing_extensions import NotRequired, Required, TypedDict
+from typing import Annotated, Any, Literal, NotRequired, Required
 
 from pydantic import BaseModel, ConfigDict, StringConstraints, TypeAdapter, ValidationError, model_validator
-from sqlalchemy import func, select, text, tuple_, update
+from sqlalchemy import func, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from typing_extensions import TypedDict  # pydantic needs this one below Python 3.12
 
 from services.sampling import units
 from services.sampling.metrics import FRAME_RECORDS
@@ -148,10 +147,10 @@ CSV_COLUMNS = {kind: tuple(model.model_fields) for kind, model in RECORD_MODELS.
 # is most of an upload's time; pydantic-core checks a list of TypedDicts without leaving Rust.
 # (The models stay: they document the formats and give the CSV columns.) Text is stripped and
 # NFC-normalised before validation by ``_clean``, as the models' before-validator does.
-_ContactFields = dict(
-    full_name=NotRequired[Name | None], phone=NotRequired[Phone | None], email=NotRequired[Email | None],
-    address=NotRequired[Annotated[str, StringConstraints(min_length=1, max_length=500)] | None],
-)
+_ContactFields = {
+    "full_name": NotRequired[Name | None], "phone": NotRequired[Phone | None], "email": NotRequired[Email | None],
+    "address": NotRequired[Annotated[str, StringConstraints(min_length=1, max_length=500)] | None],
+}
 _STRICT = ConfigDict(extra="forbid")
 _TransactionDict = TypedDict("_TransactionDict", {
     "transaction_id": Required[Key], "province_code": Required[Province], "commune_code": NotRequired[Commune | None],
