@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import json
 import unicodedata
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -113,7 +113,7 @@ class Item(_Model):
                 raise ValueError(f"item {self.code}: max_choices exceeds the number of options")
         return self
 
-    @property
+    @functools.cached_property
     def option_codes(self) -> frozenset[str]:
         return frozenset(o.code for o in self.options or ())
 
@@ -169,7 +169,7 @@ class Expectation(_Model):
             raise ValueError("expectation: max_choices exceeds the number of options")
         return self
 
-    @property
+    @functools.cached_property
     def option_codes(self) -> frozenset[str]:
         return frozenset(o.code for o in self.options)
 
@@ -188,7 +188,7 @@ class ProfileQuestion(_Model):
         _unique([o.code for o in self.options], f"option (profile {self.code})")
         return self
 
-    @property
+    @functools.cached_property
     def option_codes(self) -> frozenset[str]:
         return frozenset(o.code for o in self.options)
 
@@ -314,11 +314,59 @@ class Methodology(_Model):
 
     # ------------------------------------------------------------------ answers
 
+    @functools.cached_property
+    def _accepts(self) -> dict[str, tuple[frozenset | None, int | None]]:
+        """Per question code, what a usual well-formed answer looks like: ``(codes, None)`` one
+        code of ``codes`` (a scale code or an option), ``(options, k)`` a list of at most k
+        distinct options, ``(None, None)`` any text. Deliberately narrow: ``"na"``, a tuple or
+        anything unusual does not match and ``validate_answers`` then runs the full checks, so
+        this only makes the common case cheap and never changes a result. Built once per
+        version (a Vietnam Post batch checks 5,000 forms)."""
+        scales = {"likert5": LIKERT_CODES, "scale3": SCALE3_CODES, "yes_no": YES_NO_CODES}
+        accepts: dict[str, tuple[frozenset | None, int | None]] = {}
+        for item in self.items():
+            if item.type in scales:
+                accepts[item.code] = (frozenset(scales[item.type]), None)
+            elif item.type == "single_choice":
+                accepts[item.code] = (item.option_codes, None)
+            elif item.type == "multi_choice":
+                accepts[item.code] = (item.option_codes, item.max_choices or 0)
+            else:
+                accepts[item.code] = (None, None)
+        # "na" is refused on the expectation and profile questions even where it is an option code.
+        accepts[self.expectation.code] = (self.expectation.option_codes - {NA}, self.expectation.max_choices)
+        for q in self.profile:
+            accepts[q.code] = (q.option_codes - {NA}, None)
+        return accepts
+
     def validate_answers(self, answers: Mapping[str, Any]) -> list[AnswerError]:
         """Check a form's answers against this version. Never raises on bad answers: returns one
         error per bad answer (empty list = all well formed). Missing keys and ``None`` are blanks
         (a ``None`` keyed by an unknown code is still ``unknown_item``);
         ``"na"`` is accepted on items. Whether enough was answered is ``answered_share``'s job."""
+        accepts = self._accepts
+        for key, value in answers.items():
+            spec = accepts.get(key) if type(key) is str else None
+            if spec is None:
+                return self._answer_errors(answers)
+            if value is None:
+                continue
+            codes, k = spec
+            t = type(value)
+            if k is None:
+                if codes is None:
+                    if t is str:
+                        continue
+                elif (t is int or t is str) and value in codes:
+                    continue
+            elif t is list and len(value) <= k and len(set(map(type, value))) <= 1 and (
+                    not value or (type(value[0]) is str and codes.issuperset(value) and len(set(value)) == len(value))):
+                continue
+            return self._answer_errors(answers)
+        return []
+
+    def _answer_errors(self, answers: Mapping[str, Any]) -> list[AnswerError]:
+        """The full checks of ``validate_answers``, with one error per bad answer."""
         errors: list[AnswerError] = []
 
         def err(code: str, key: str, message: str) -> None:

@@ -215,11 +215,12 @@ async def push_status(body: StatusBatch, request: Request, principal: VnPost) ->
                     summary="Push completed answers (≤5,000 forms per batch)")
 async def push_answers(body: AnswerBatch, request: Request, principal: VnPost) -> dict:
     _check_size(len(body.records))
-    digest = F.content_hash(body.model_dump(mode="json"))
+    records = [r.model_dump() for r in body.records]
+    digest = vnpost.answer_batch_digest(body.batch_id, body.wave_id, records)
     async with unit_of_work(request) as session:
         result, replayed = await vnpost.push_answers(
             request.app, session, request.app.state.tables, principal, body.batch_id, body.wave_id,
-            [r.model_dump() for r in body.records], digest)
+            records, digest, legacy_digest=lambda: F.content_hash(body.model_dump(mode="json")))
     return {**result, "replayed": replayed}
 
 

@@ -14,11 +14,12 @@ transaction, so the second push waits on its key and then replays the first one'
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from fastapi import FastAPI
-from sqlalchemy import select, update
+from sqlalchemy import String, any_, bindparam, select, text, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.survey import corrections as C, forms as F
@@ -45,11 +46,27 @@ def error(code: str, message: str, item: str | None = None) -> dict:
     return {"code": code, "item": item, "message": message}
 
 
+def answer_batch_digest(batch_id: str, wave_id: str, records: list[dict]) -> str:
+    """Identity of an answer batch's content, canonical (key order and spacing do not count).
+    Each record's answers are hashed once (``content_hash``, the same digest a stored response
+    keeps, set on the record as ``answers_hash``) and the batch digest is taken over the records
+    with their answers replaced by that digest: the 5 MB body is not serialised a second time."""
+    records_digest = []
+    for rec in records:
+        rec["answers_hash"] = F.content_hash(rec["answers"])
+        records_digest.append({k: v for k, v in rec.items() if k != "answers"})
+    return F.content_hash({"digest": 2, "batch_id": batch_id, "wave_id": wave_id, "records": records_digest})
+
+
 async def claim_batch(
-    session: AsyncSession, principal: Principal, batch_id: str, kind: str, wave_id: str, body_hash: str
+    session: AsyncSession, principal: Principal, batch_id: str, kind: str, wave_id: str, body_hash: str,
+    legacy_hash: Callable[[], str] | None = None,
 ) -> dict | None:
     """Insert the batch row (first write of the transaction). Returns the stored result when the
-    batch was received before (a replay), None when this request owns it."""
+    batch was received before (a replay), None when this request owns it. ``legacy_hash``
+    gives the digest the previous release stored for this kind of batch (the whole body's
+    canonical JSON): a batch stored before the upgrade and sent again after it is still a
+    replay, not a conflict."""
     inserted = await session.execute(
         _insert(session, vnpost_batch)
         .values(batch_id=batch_id, kind=kind, owner_key_id=principal.key_id, wave_id=wave_id,
@@ -61,7 +78,8 @@ async def claim_batch(
     row = (await session.execute(select(vnpost_batch).where(vnpost_batch.c.batch_id == batch_id))).mappings().one()
     if row["owner_key_id"] != principal.key_id:
         raise Forbidden(f"Batch {batch_id} was sent with another key; batch ids belong to the key that sent them.")
-    if row["body_hash"] != body_hash or row["kind"] != kind:
+    same = row["body_hash"] == body_hash or (legacy_hash is not None and row["body_hash"] == legacy_hash())
+    if not same or row["kind"] != kind:
         raise Conflict(f"Batch {batch_id} was received before with a different body; use a new batch id.",
                        batch_id=batch_id)
     return dict(row["result"])
@@ -96,6 +114,21 @@ def _lookup(rows: dict[str, dict], wave_id: str, code: str, seen: set[str]) -> t
     return row, None
 
 
+async def _answered(session: AsyncSession, form_ids: list[str]) -> dict[str, str]:
+    """Content hash of the stored answers of each of these forms that has some."""
+    if not form_ids:
+        return {}
+    if F.is_pg(session):
+        wheres = [response.c.form_id == any_(bindparam("ids", form_ids, type_=ARRAY(String)))]
+    else:
+        wheres = [response.c.form_id.in_(form_ids[i : i + 1000]) for i in range(0, len(form_ids), 1000)]
+    existing: dict[str, str] = {}
+    for where in wheres:
+        for fid, digest in (await session.execute(select(response.c.form_id, response.c.content_hash).where(where))).all():
+            existing[fid] = digest
+    return existing
+
+
 async def push_statuses(
     session: AsyncSession, tables: dict, principal: Principal, batch_id: str, wave_id: str, records: list[dict], body_hash: str
 ) -> tuple[dict, bool]:
@@ -128,22 +161,17 @@ async def push_statuses(
 
 async def push_answers(
     app: FastAPI, session: AsyncSession, tables: dict, principal: Principal, batch_id: str, wave_id: str,
-    records: list[dict], body_hash: str,
+    records: list[dict], body_hash: str, legacy_digest: Callable[[], str] | None = None,
 ) -> tuple[dict, bool]:
-    stored = await claim_batch(session, principal, batch_id, "answers", wave_id, body_hash)
+    """Apply an answer batch. Returns (result, replayed). ``records`` may carry ``answers_hash``
+    (from ``answer_batch_digest``), so the answers are not hashed twice."""
+    stored = await claim_batch(session, principal, batch_id, "answers", wave_id, body_hash, legacy_digest)
     if stored is not None:
         return stored, True
     await F.lock_wave(session, wave_id)  # wave before forms, like every writer (forms.lock_form)
     wave_row, rows = await _wave_forms(session, wave_id, [r["form_code"] for r in records])
     method = await methodology(app, session, wave_row["methodology_version"])
-    form_ids = [r["id"] for r in rows.values()]
-    existing: dict[str, str] = {}
-    for start in range(0, len(form_ids), 1000):
-        chunk = form_ids[start : start + 1000]
-        for fid, digest in (await session.execute(
-            select(response.c.form_id, response.c.content_hash).where(response.c.form_id.in_(chunk))
-        )).all():
-            existing[fid] = digest
+    existing = await _answered(session, [r["id"] for r in rows.values()])
     open_corr = await C.open_corrections(session, list(existing))
     results, accepted, corrected, seen = [], [], [], set()
     for rec in records:
@@ -151,7 +179,7 @@ async def push_answers(
         if rejected:
             results.append(rejected)
             continue
-        digest = F.content_hash(rec["answers"])
+        digest = rec.get("answers_hash") or F.content_hash(rec["answers"])
         if row["id"] in open_corr:
             # Sent back by verification: these answers become the next revision.
             problems = method.validate_answers(rec["answers"])
@@ -217,11 +245,30 @@ async def record_responses(
             "started_at": F._iso(rec.get("started_at")), "duration_seconds": rec.get("duration_seconds"),
             "submitted_at": F._iso(submitted),
         }, form_row["form_code"]))
-    await session.execute(response.insert(), rows)
+    if F.is_pg(session):
+        for r in rows:  # what the UTCDateTime column refuses on the executemany path
+            if (r["started_at"] is not None and r["started_at"].tzinfo is None) or r["submitted_at"].tzinfo is None:
+                raise ValueError("naive datetime given to a UTC column")
+        await session.execute(_PG_RESPONSES, {"rows": F.json_rows(rows)})
+    else:
+        await session.execute(response.insert(), rows)
     moves = [F.Move(form_row, "collected", None, None, rec.get("enumerator_id")) for form_row, rec, _ in accepted]
     await F.apply_moves(session, tables, wave_row["id"], moves, actor=actor)
     await F.stage_events(session, tables["outbox"], events)
     return ids
+
+
+_RESPONSE_COLUMNS = {
+    "id": "text", "form_id": "text", "wave_id": "text", "channel": "text", "answers": "jsonb", "content_hash": "text",
+    "enumerator_id": "text", "started_at": "timestamptz", "duration_seconds": "float8", "submitted_at": "timestamptz",
+    "source": "text", "revision": "integer",
+}
+# One INSERT whose rows arrive as one JSON document on PostgreSQL (see forms.py, bulk writes).
+_PG_RESPONSES = text(
+    f"INSERT INTO response ({', '.join(_RESPONSE_COLUMNS)}) SELECT {', '.join('r.' + c for c in _RESPONSE_COLUMNS)} "
+    "FROM json_to_recordset(CAST(:rows AS json)) AS r("
+    + ", ".join(f"{c} {t}" for c, t in _RESPONSE_COLUMNS.items()) + ")"
+)
 
 
 async def pull(session: AsyncSession, wave_id: str, since: int, limit: int) -> dict[str, Any]:

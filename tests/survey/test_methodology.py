@@ -392,6 +392,36 @@ def test_other_item_types(m_types):
     assert len(m_types.satisfaction_items()) == 22
 
 
+def _answer_values(m: Methodology):
+    """Answers near the edges: every option and scale code, na, blanks, wrong types, lists of
+    options with repeats and too many choices, tuples, booleans and floats."""
+    from hypothesis import strategies as st
+
+    options = sorted({o for i in m.items() for o in i.option_codes} | m.expectation.option_codes
+                     | {o for q in m.profile for o in q.option_codes})
+    atom = st.one_of(st.sampled_from(options + ["na", "", "x"]), st.integers(-1, 6), st.booleans(),
+                     st.just(None), st.sampled_from([1.0, 4.0, 2.5]))
+    return st.one_of(atom, st.lists(atom, max_size=5), st.lists(st.sampled_from(options), max_size=5).map(tuple))
+
+
+@pytest.mark.parametrize("which", ["m17", "m_types"])
+def test_quick_answer_check_never_changes_a_result(which, request):
+    """``validate_answers`` takes a shortcut for the usual well-formed answers; on any answers
+    it must give exactly what the full checks give (same errors, same order)."""
+    from hypothesis import HealthCheck, given, settings, strategies as st
+
+    m = request.getfixturevalue(which)
+    keys = st.sampled_from(m.question_codes() + ["nope", "access.nope"])
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.dictionaries(keys, _answer_values(m), max_size=12))
+    def check(answers):
+        assert m.validate_answers(answers) == m._answer_errors(answers)
+
+    check()
+    assert m.validate_answers(full(m)) == m._answer_errors(full(m)) == []
+
+
 # ------------------------------------------------------------------ screening helpers
 
 
