@@ -183,19 +183,25 @@ CHUNK_ADAPTERS = {"transaction": TypeAdapter(list[_TransactionDict]), "resident"
 _DATES_PROBLEM = "record: Value error, result_on is before received_on"  # as TransactionRecord._dates words it
 
 
-def _clean(item: dict) -> dict:
+def _clean(item: dict) -> list[str] | None:
     """Strip, NFC-normalise and turn empty text into a missing value, in place (the record is the
-    request's own; its payload hash was taken before). Same effect as ``_nfc_strings``."""
+    request's own; its payload hash was taken before). Same effect as ``_nfc_strings``. Returns
+    the fields holding a NUL character, if any: PostgreSQL text cannot store one, so such a
+    record is refused on both backends rather than failing the whole request on one."""
+    nul = None
     for k, v in item.items():
         if v.__class__ is str:
             s = v.strip()
             if not s:
                 item[k] = None
-            elif not s.isascii():
+                continue
+            if not s.isascii():
                 item[k] = unicodedata.normalize("NFC", s)
             elif s is not v:
                 item[k] = s
-    return item
+            if "\x00" in s:
+                nul = (nul or []) + [k]
+    return nul
 
 
 def _validate_chunk(kind: str, items: list[dict]) -> tuple[list[tuple[int, dict]], dict[int, list[str]]]:
@@ -311,7 +317,13 @@ async def ingest_chunk(session: AsyncSession, state: Ingest, raw: list[tuple[int
         if not isinstance(item, dict):
             state.error(index, None, ["record: must be an object"])
             continue
-        items.append(_clean(item))
+        nul = _clean(item)
+        if nul:
+            key = item.get(key_field)
+            state.error(index, key if isinstance(key, str) and "\x00" not in key else None,
+                        [f"{name}: must not contain NUL characters" for name in nul])
+            continue
+        items.append(item)
         positions.append(index)
     checked, bad = _validate_chunk(kind, items)
     for i, problems in bad.items():

@@ -153,3 +153,19 @@ async def test_csv_upload_streams_rows_with_a_per_row_report(clients):
     assert r.status_code == 415
     r = await clients.sampling.get(f"/v1/waves/{wave['id']}/frame", headers=ministry)
     assert r.json()["record_count"] == 50 and r.json()["by_province"] == {"01": 50}
+
+
+async def test_a_nul_character_is_a_record_error_on_both_backends(clients):
+    """PostgreSQL text cannot hold NUL: such a record is refused with a reason (on SQLite too, so
+    both backends keep the same frame), and the rest of the batch is stored."""
+    ministry = await clients.key("ministry")
+    wave = await open_wave(clients, ministry, code="SIPAS-2026-NUL")
+    good = transactions("01", 3, start=700)
+    records = [good[0], {**good[1], "agency": "UBND\x00 xã"}, good[2]]
+    r = await push(clients, ministry, wave["id"], "nul", records)
+    assert r.status_code == 200, r.text
+    report = r.json()
+    assert (report["accepted"], report["rejected"]) == (2, 1)
+    assert report["errors"] == [{"index": 1, "record_key": good[1]["transaction_id"],
+                                 "problems": ["agency: must not contain NUL characters"]}]
+    assert (await frame(clients, ministry, wave["id"]))["record_count"] == 2
