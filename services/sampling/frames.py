@@ -455,7 +455,8 @@ async def _pg_insert_records(conn, state: Ingest, rows: list[tuple]) -> set[str]
     ends (ON COMMIT DROP; a rollback removes it too), so it is created once per upload."""
     if not state.staging:
         # Through SQLAlchemy, so the transaction is begun before the driver connection is used.
-        await conn.exec_driver_sql(f"CREATE TEMPORARY TABLE {_STAGE} (LIKE frame_record) ON COMMIT DROP")
+        # (IF NOT EXISTS: two ingestions in one transaction share it; it is emptied after each chunk.)
+        await conn.exec_driver_sql(f"CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGE} (LIKE frame_record) ON COMMIT DROP")
         state.staging = True
     raw_conn = await _driver_connection(conn)
     await raw_conn.copy_records_to_table(_STAGE, records=rows, columns=_ALL)
