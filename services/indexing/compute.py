@@ -500,7 +500,7 @@ def _compute_run(forms: AcceptedForms, methodology: Methodology, frame_sizes: Ma
     top = design.satisfied == tuple(range(low, 6))
 
     def get_ya(rows: np.ndarray):
-        block = answers[:, rows]
+        block = np.take(answers, rows, axis=1)  # (items, rows); ~4x faster than answers[:, rows]
         y = block >= low if top else lookup[block + 1]
         return y, block >= 1
 
@@ -534,14 +534,17 @@ def _compute_run(forms: AcceptedForms, methodology: Methodology, frame_sizes: Ma
     chosen = np.zeros((len(exp_codes), n), dtype=bool)
     answered = np.zeros((len(exp_codes), n), dtype=bool)
     option_pos = {o: j for j, o in enumerate(exp_codes)}
-    for i, ans in enumerate(forms.answers):
-        v = ans.get(exp.code)
-        if isinstance(v, list) and v:
-            answered[:, i] = True
+    rows_answered, picks_i, picks_j = [], [], []
+    for i, v in enumerate(map(operator.methodcaller("get", exp.code), forms.answers)):
+        if v.__class__ is list and v:
+            rows_answered.append(i)
             for o in v:
-                j = option_pos.get(o) if isinstance(o, str) else None
+                j = option_pos.get(o) if o.__class__ is str else None
                 if j is not None:
-                    chosen[j, i] = True
+                    picks_i.append(i)
+                    picks_j.append(j)
+    answered[:, rows_answered] = True
+    chosen[picks_j, picks_i] = True
 
     nation_est: dict[str, RatioEstimates] = {}
     province_var: dict[str, dict[str, dict[tuple[str, str], tuple[float, float, int]]]] = {"design": {}, "none": {}}
@@ -561,7 +564,7 @@ def _compute_run(forms: AcceptedForms, methodology: Methodology, frame_sizes: Ma
         kind_cells += _domain_cells(kind, dom_codes, keep, res, design, items, kind in ITEM_DOMAINS, codes, valid,
                                     thresholds, province_var if kind == "province" else None, names)
         if kind in EXPECTATION_DOMAINS:
-            exp_res = est.by_domain(lambda rows: (chosen[:, rows], answered[:, rows]), len(exp_codes), codes, D)
+            exp_res = est.by_domain(lambda rows: (np.take(chosen, rows, axis=1), np.take(answered, rows, axis=1)), len(exp_codes), codes, D)
             kind_cells += _expectation_cells(kind, dom_codes, keep, exp_res, exp_codes, thresholds)
 
     # National figure: pooled (above) and mean of provinces; ``VN`` repeats the headline one.

@@ -177,6 +177,44 @@ def test_fixture_result_is_strict_json(fixture_result):
     json.dumps(fixture_result, allow_nan=False)
 
 
+def test_fixture_matches_r_in_both_estimator_modes_and_on_threads(estimator_mode, expected):
+    design = read_design_json(FIXTURE / "design.json")
+    responses = read_responses_csv(FIXTURE / "responses.csv", design.items)
+    sample = SampleDesign(responses.stratum, responses.psu, responses.fpc, chunk_rows=7, workers=3)
+    got = sample.ratio_estimates(
+        np.isin(responses.answers, design.satisfied), responses.answers >= 1, responses.weight)
+    result = estimate(responses, design)
+    for path, want in walk_numbers(expected):
+        tol = SE_TOL if path.endswith("/se") else INDEX_TOL
+        assert math.isclose(lookup(result, path), want, rel_tol=0.0, abs_tol=tol), path
+    # the national item ratios through the chunked, threaded path agree with the table
+    for j, c in enumerate(design.items):
+        assert 100 * got.ratio[j] == pytest.approx(expected["national"]["items"][c]["index"], abs=INDEX_TOL)
+        assert 100 * got.se[j] == pytest.approx(expected["national"]["items"][c]["se"], abs=SE_TOL)
+
+
+@pytest.mark.parametrize("chunk_rows", [5, 1 << 19])
+def test_many_small_and_some_large_single_stage_domains_match_brute_force(chunk_rows, estimator_mode):
+    # Single-stage rows, 40 domains of 1 to ~60 rows (short and long runs, chunks cutting
+    # domains), a fully enumerated stratum (scale 0) and a stratum with one respondent.
+    rng = np.random.default_rng(3)
+    n, k = 400, 3
+    strata = rng.choice(["A", "B", "C"], size=n, p=[0.5, 0.45, 0.05]).astype(object)
+    strata[0] = "L"  # lonely
+    sizes = {"A": 10_000, "B": int((strata == "B").sum()), "C": 300, "L": 50}  # B: census
+    fpc = np.array([sizes[s] for s in strata], dtype=float)
+    domain = np.minimum(rng.geometric(0.08, size=n), 40)
+    a = rng.random((n, k)) < 0.9
+    y = a & (rng.random((n, k)) < 0.6)
+    w = rng.uniform(1, 30, n)
+    sample = SampleDesign(strata, None, fpc, chunk_rows=chunk_rows, workers=2)
+    got = sample.domain_ratios(y, a, w, domain)
+    for d in (1, 2, 7, 25, 40):
+        _, V = brute_force(y.astype(float).tolist(), a.astype(float).tolist(), w.tolist(), strata,
+                           list(range(n)), fpc, domain=domain == d)
+        np.testing.assert_allclose(got[d].cov, V, rtol=1e-10, atol=1e-15)
+
+
 # --------------------------------------------------------------------------------------------------
 # Variance under the design: independent checks
 # --------------------------------------------------------------------------------------------------
@@ -203,12 +241,23 @@ def test_hand_computed_single_stage_example():
     assert 100 * est.se[0] == pytest.approx(26.4835, abs=1e-4)  # as printed in the docs
 
 
-@pytest.mark.parametrize(("chunk_rows", "cache_bytes"), [(3, 0), (3, 1 << 28), (1 << 19, 0), (1 << 19, 1 << 28)])
-def test_clustered_design_matches_brute_force(chunk_rows, cache_bytes, monkeypatch):
-    # cache_bytes = 0 forces the national-size path: PSU totals recomputed in the second pass
-    monkeypatch.setattr(estimation, "_CACHE_BYTES", cache_bytes)
+@pytest.fixture(params=["one pass", "two passes", "two passes, rows read twice"])
+def estimator_mode(request, monkeypatch):
+    """The estimator's strategies: one pass with Gram matrices of [Y; X] (national files,
+    large domains) and two passes with Gram matrices of z, with y, a kept between the passes
+    (a wave) or read again (many small domains in a large file)."""
+    monkeypatch.setattr(estimation, "_ONE_PASS_ROWS", 0 if request.param == "one pass" else 10**12)
+    if request.param != "two passes":
+        monkeypatch.setattr(estimation, "_CACHE_BYTES", 0)
+    return request.param
+
+
+@pytest.mark.parametrize(("chunk_rows", "workers"), [(3, 1), (3, 3), (1 << 19, 1), (1 << 19, 2)])
+def test_clustered_design_matches_brute_force(chunk_rows, workers, estimator_mode):
+    # chunk_rows = 3 is the national-size path: many chunks, a domain spread over several of
+    # them, chunks worked on by several threads and summed in order
     y, a, w, strata, psu, fpc = clustered_sample()
-    design = SampleDesign(strata, psu, fpc, chunk_rows=chunk_rows)
+    design = SampleDesign(strata, psu, fpc, chunk_rows=chunk_rows, workers=workers)
     got = design.ratio_estimates(y, a, w)
     R, V = brute_force(y.tolist(), a.tolist(), w.tolist(), strata, psu, fpc)
     np.testing.assert_allclose(got.ratio, R, rtol=1e-13)
@@ -244,7 +293,7 @@ def test_fpc_lowers_the_se_by_sqrt_one_minus_f_in_one_stratum():
     np.testing.assert_allclose(with_fpc.se, without.se * math.sqrt(1 - n_psu / N), rtol=1e-12)
 
 
-def test_stratum_fully_enumerated_adds_no_variance():
+def test_stratum_fully_enumerated_adds_no_variance(estimator_mode):
     y, a, w, strata, psu, fpc = clustered_sample()
     n0 = len({p for s, p in zip(strata, psu) if s == "S0"})
     census = np.where(strata == "S0", n0, fpc)  # N_h = n_h in S0: f = 1
@@ -269,7 +318,7 @@ def test_domain_uses_the_full_design_not_a_subset():
     assert not np.allclose(naive.se, got.se, rtol=1e-6)
 
 
-def test_domain_ratios_agree_with_one_domain_at_a_time():
+def test_domain_ratios_agree_with_one_domain_at_a_time(estimator_mode):
     y, a, w, strata, psu, fpc = clustered_sample(seed=5)
     rng = np.random.default_rng(1)
     group = rng.choice(["f", "m", "x"], size=len(w))
@@ -284,7 +333,7 @@ def test_domain_ratios_agree_with_one_domain_at_a_time():
 
 
 @pytest.mark.parametrize("rule", ["adjust", "certainty"])
-def test_lonely_psu_rules_match_brute_force(rule):
+def test_lonely_psu_rules_match_brute_force(rule, estimator_mode):
     y, a, w, strata, psu, fpc = clustered_sample(seed=2)
     strata = strata.copy()
     lone = (strata == "S1") & (psu == "v0")
