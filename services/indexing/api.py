@@ -47,7 +47,9 @@ MAX_UPLOAD_BYTES = 50 * 1024 * 1024
 
 WaveId = Annotated[str, Path(min_length=1, max_length=36)]
 RunId = Annotated[str, Path(min_length=1, max_length=36)]
-Reader = Annotated[Principal, Depends(require_roles(Role.ministry, Role.observer))]
+#: Readers of runs, results and the provisional index; a province key only for its own
+#: province's waves (``service.ensure_results_readable``).
+Reader = Annotated[Principal, Depends(require_roles(Role.ministry, Role.observer, Role.province))]
 Code = Annotated[str | None, Query(max_length=160)]
 
 

@@ -33,7 +33,7 @@ from services.indexing.models import (
     wave,
 )
 from shared import audit
-from shared.auth import Principal, ensure_province_visible
+from shared.auth import Principal, Role, ensure_province_visible
 from shared.contracts.indexing import IndexRunCompleted
 from shared.contracts.sampling import SampleDrawn
 from shared.contracts.verification import ResponseAccepted, ResponseRejected
@@ -202,11 +202,21 @@ async def accepted_summary(session: AsyncSession, wave_id: str) -> dict[str, Any
 # --------------------------------------------------------------------------------------------------
 
 
+def ensure_results_readable(principal: Principal, province_code: str | None, what: str) -> None:
+    """Who reads a wave's indices before publication: the ministry and observers, every wave;
+    a province key, the waves of its own province (it ran them and needs the figures to act
+    on). A national wave's runs rank every province and stay embargoed for province keys until
+    publication releases them, so they answer 404 like another province's wave."""
+    if principal.role == Role.province and province_code is None:
+        raise NotFound(f"No such {what}.")
+    ensure_province_visible(principal, province_code, what)
+
+
 async def get_wave(session: AsyncSession, principal: Principal, wave_id: str) -> dict[str, Any]:
     row = (await session.execute(select(wave).where(wave.c.id == wave_id))).mappings().first()
     if row is None:
         raise NotFound(f"No wave {wave_id} here (yet).")
-    ensure_province_visible(principal, row["province_code"], "wave")
+    ensure_results_readable(principal, row["province_code"], "wave")
     return dict(row)
 
 
@@ -325,7 +335,7 @@ async def get_run(session: AsyncSession, principal: Principal, run_id: str) -> d
     if row is None:
         raise NotFound(f"No run {run_id}.")
     w = (await session.execute(select(wave.c.province_code).where(wave.c.id == row["wave_id"]))).first()
-    ensure_province_visible(principal, w[0] if w else None, "run")
+    ensure_results_readable(principal, w[0] if w else None, "run")
     return dict(row)
 
 

@@ -72,9 +72,11 @@ from shared.events import make_event  # noqa: E402
 NOW = dt.datetime(2026, 10, 1, tzinfo=dt.UTC)
 
 
-def wave_event(year: int, methodology: str, *, fieldwork_start: dt.date | None = None) -> WaveCreated:
+def wave_event(year: int, methodology: str, *, fieldwork_start: dt.date | None = None,
+               province_code: str | None = None) -> WaveCreated:
     return WaveCreated(wave_id=uuid.uuid4(), code=f"SIPAS-{year}-{uuid.uuid4().hex[:6]}", name=f"SIPAS {year}",
-                       scope="national", province_code=None, year=year, methodology_version=methodology,
+                       scope="provincial" if province_code else "national", province_code=province_code,
+                       year=year, methodology_version=methodology,
                        fieldwork_start=fieldwork_start, fieldwork_end=None, status="in_field")
 
 

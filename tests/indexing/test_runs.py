@@ -357,3 +357,22 @@ async def test_api_roles_errors_paging_csv_and_bring_your_own_data(stack, client
     assert r.status_code == 422 and "missing column" in r.json()["detail"]
     r = await clients.indexing.post("/v1/estimate", content=b"{}", headers={**province, "content-type": "application/json"})
     assert r.status_code == 422
+
+    # Province keys read the runs of their own province's waves, nothing else: another
+    # province's wave and a national wave (embargoed until publication) answer 404.
+    national_run = run["run_id"]
+    for path in (f"/v1/runs/{national_run}", f"/v1/runs/{national_run}/export", f"/v1/waves/{wave_id}/runs"):
+        assert (await clients.indexing.get(path, headers=province)).status_code == 404, path
+    own_wave, own = await _run_wave(stack, clients, ministry, 2024, _province_forms("P", {"01": 9}),
+                                    province_code="01")
+    other = await clients.key("province", "02")
+    for path in (f"/v1/runs/{own['run_id']}", f"/v1/runs/{own['run_id']}/results",
+                 f"/v1/runs/{own['run_id']}/results.csv", f"/v1/runs/{own['run_id']}/rankings",
+                 f"/v1/runs/{own['run_id']}/export", f"/v1/waves/{own_wave}/runs",
+                 f"/v1/waves/{own_wave}/provisional", f"/v1/waves/{own_wave}/accepted"):
+        assert (await clients.indexing.get(path, headers=province)).status_code == 200, path
+        assert (await clients.indexing.get(path, headers=other)).status_code == 404, path
+    mine = (await clients.indexing.get(f"/v1/runs/{own['run_id']}/export", headers=province)).json()
+    assert _cell(mine["cells"], "province", "01", "sipas", "sipas", "none")["value"] == pytest.approx(75.0)
+    # ... and still cannot compute one.
+    assert (await clients.indexing.post(f"/v1/waves/{own_wave}/runs", headers=province)).status_code == 403
