@@ -42,7 +42,13 @@ class RichProgress:
 
     def task(self, description: str, total: int | None):
         task = self.progress.add_task(description, total=total)
-        return lambda n: self.progress.advance(task, n)
+
+        def advance(n: int, total: int | None = None) -> None:
+            if total is not None:
+                self.progress.update(task, total=total)
+            self.progress.advance(task, n)
+
+        return advance
 
     def note(self, text: str) -> None:
         console.print(f"  {text}")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
@@ -41,8 +42,10 @@ class Progress:
 
     def stage(self, name: str) -> None: ...
 
-    def task(self, description: str, total: int | None) -> Callable[[int], None]:
-        return lambda n: None
+    def task(self, description: str, total: int | None) -> Callable[..., None]:
+        """An ``advance(n, total=None)`` callable; ``total`` grows the bar (replacement forms
+        arrive while fieldwork runs)."""
+        return lambda n, total=None: None
 
     def note(self, text: str) -> None: ...
 
@@ -84,16 +87,50 @@ async def _ok(response: httpx.Response, *expected: int) -> Any:
     return response.json() if response.content and "json" in response.headers.get("content-type", "") else None
 
 
-async def _eventually(check: Callable[[], Awaitable[Any]], what: str, timeout: float = 120.0, interval: float = 0.2) -> Any:
-    """Events travel asynchronously between services: wait for their effect, say what we waited for."""
-    deadline = time.monotonic() + timeout
+# How long a wait may see no change at all before the demo gives up. Events cross services
+# asynchronously and, at the national size, tens of thousands of them queue behind each other
+# in the outboxes: a fixed deadline either fails a healthy wave or hides a stuck one, while
+# "nothing moved for this long" means stuck on any machine.
+STALL_SECONDS = 300.0
+
+
+async def _eventually(check: Callable[[], Awaitable[Any]], what: str, stall: float = STALL_SECONDS,
+                      interval: float = 0.2, max_interval: float = 2.0) -> Any:
+    """Events travel asynchronously between services: wait for their effect, say what we waited for.
+
+    ``check`` returns either a plain truth value, or ``(done, state)`` where ``state`` is what
+    it saw (counts): the wait gives up only after ``state`` stayed the same for ``stall``
+    seconds. The polling interval grows to ``max_interval`` because every poll is a request the
+    busy stack must answer too."""
+    deadline = time.monotonic() + stall
+    last: Any = object()
     while True:
         result = await check()
-        if result:
+        done, state = result if isinstance(result, tuple) else (result, None)
+        if done:
             return result
+        if state is not None and state != last:
+            last, deadline = state, time.monotonic() + stall
         if time.monotonic() > deadline:
-            raise DemoError(f"gave up waiting for {what} after {timeout:.0f} s")
+            raise DemoError(f"gave up waiting for {what}: nothing changed for {stall:.0f} s (last seen: {last})")
         await asyncio.sleep(interval)
+        interval = min(max_interval, interval * 1.5)
+
+
+def batch_id(wave_code: str, kind: str, records: list[dict]) -> str:
+    """A batch's id from its content: a re-run (or a resumed run) sends the same forms under the
+    same id, which the service recognises as a replay, whatever way the forms were split into
+    rounds by the timing of replacements."""
+    digest = hashlib.sha256("\n".join(sorted(r["form_code"] for r in records)).encode()).hexdigest()[:16]
+    return f"{wave_code}-{kind}-{digest}"
+
+
+def enumerator_for(province: str, place: str) -> str:
+    """Vietnam Post's enumerator for a unit, from the unit's place in its stratum's lists: 20
+    sampled units each (000, 001, ...), reserves from 500 on. A pure function, so the same
+    units get the same enumerator whichever pull brought their form."""
+    _stratum, role, order = place.rsplit("/", 2)
+    return f"VNP-{province}-{int(order) // 20 + (0 if role == 'sample' else 500):03d}"
 
 
 class Scenario:
@@ -132,6 +169,7 @@ class Scenario:
             started = time.perf_counter()
             await step()
             self.report.stage_seconds[name] = time.perf_counter() - started
+            self.p.note(f"{name} took {self.report.stage_seconds[name]:.1f} s")
         return self.report
 
     # ------------------------------------------------------------------ set-up
@@ -238,41 +276,67 @@ class Scenario:
 
     # ------------------------------------------------------------------ fieldwork
     async def fieldwork(self) -> None:
-        """Vietnam Post's round trip: pull new assignments, dispatch, push what happened; refused
-        and unreachable units come back as replacement forms in a later pull."""
+        """Vietnam Post's round trip: pull the assignments, deliver, push what happened.
+
+        Delivery first: a refusal or an unreachable address is known at the door, so Vietnam
+        Post reports those at once and pulls the replacement forms sampling releases from the
+        reserve lists (which may be refused in turn), until every such unit is replaced or its
+        stratum's reserve is out. Answers come back afterwards, in batches of up to 5,000 from
+        Vietnam Post while citizens answer online. Events leave each service in order, so
+        replacements requested after tens of thousands of answers would wait behind all of
+        their events; reported first, they take seconds."""
         sv, wid = self.c["survey"], self.wave["id"]
         expected = self.report.counts["sampled units"]
+        started = time.perf_counter()
         await _eventually(lambda: self._forms_known(expected), f"{expected} forms in the survey service")
-        cursor, seen, rounds = 0, {}, 0
+        self.p.note(f"{expected:,} forms created by the survey service after {time.perf_counter() - started:.1f} s")
+        cursor, seen, total, rounds = 0, set(), expected, 0
         advance = self.p.task("Vietnam Post and citizens", expected)
+        answering: list[dict] = []
+        started = time.perf_counter()
         while True:
             new, cursor = await self._pull(cursor)
             fresh = [f for f in new if f["status"] == "assigned" and f["form_code"] not in seen]
-            for f in new:
-                seen[f["form_code"]] = f
-            if not fresh:
+            seen.update(f["form_code"] for f in new)
+            if fresh:
+                if len(seen) > total:
+                    total = len(seen)
+                    advance(0, total=total)
+                rounds += 1
+                await self._assign(fresh)
+                answering += await self._deliver(fresh, advance)
+                continue
+            # Nothing new to deliver: done when every refused or unreachable form has been
+            # replaced (or its stratum's reserve ran out); else wait for the replacements.
+            settled = await _eventually(lambda: self._replacements_or_new_forms(len(answering)),
+                                        "replacement forms from the reserve lists")
+            if settled[0] == "settled":
                 break
-            rounds += 1
-            await self._assign(fresh)
-            pending_replacements = await self._field_round(fresh, rounds)
-            advance(len(fresh))
-            if not pending_replacements:
-                break
-            # Replacements travel survey → sampling → survey; wait for them (or an exhausted reserve).
-            await asyncio.sleep(0.2)
-            await _eventually(lambda: self._replacements_settled(), "replacement forms from the reserve lists")
+        self.p.note(f"delivery: {len(seen):,} forms in {rounds} pulls, refusals replaced, "
+                    f"in {time.perf_counter() - started:.1f} s")
+        started = time.perf_counter()
+        await self._answers(answering, advance)
+        self.p.note(f"answers: {len(answering):,} forms in {time.perf_counter() - started:.1f} s")
         progress = await _ok(await sv.get(f"/v1/progress/{wid}", headers=self.a.h("ministry")))
         self.report.counts.update({f"forms {k}": v for k, v in progress.get("totals", {}).items() if isinstance(v, int)})
 
-    async def _forms_known(self, expected: int) -> bool:
+    async def _forms_known(self, expected: int) -> tuple[bool, int]:
         r = await self.c["survey"].get("/v1/forms", params={"wave_id": self.wave["id"], "limit": 1}, headers=self.a.h("ministry"))
-        return r.status_code == 200 and r.json()["total"] >= expected
+        total = r.json()["total"] if r.status_code == 200 else -1
+        return total >= expected, total
 
-    async def _replacements_settled(self) -> bool:
+    async def _replacements_or_new_forms(self, waiting: int) -> tuple[str | bool, tuple]:
+        """``waiting``: forms already pulled that wait, assigned, for their answers."""
         progress = await _ok(await self.c["survey"].get(f"/v1/progress/{self.wave['id']}", headers=self.a.h("ministry")))
         t = progress["totals"]
-        # A refused / unreachable / ineligible form moves to "replaced" once its reserve is out.
-        return t["refused"] + t["unreachable"] + t["ineligible"] <= t["reserve_exhausted"]
+        state = tuple(sorted((k, v) for k, v in t.items() if isinstance(v, int)))
+        if t["assigned"] > waiting:
+            return "new forms", state
+        # A refused / unreachable / ineligible form moves to "replaced" once its replacement
+        # form exists; it stays where it is when its stratum's reserve is out.
+        if t["refused"] + t["unreachable"] + t["ineligible"] <= t["reserve_exhausted"]:
+            return "settled", state
+        return False, state
 
     async def _pull(self, cursor: int) -> tuple[list[dict], int]:
         items: list[dict] = []
@@ -285,61 +349,77 @@ class Scenario:
                 return items, cursor
 
     async def _assign(self, forms: list[dict]) -> None:
-        by_province: dict[str, list[dict]] = defaultdict(list)
-        for f in forms:
-            by_province[f["province_code"]].append(f)
         assignments = []
-        for province, fs in by_province.items():
-            # By unit (form codes are random): the same units get the same enumerator on every run.
-            for i, f in enumerate(sorted(fs, key=lambda f: self.place[f["unit_id"]])):
-                if f["enumerator_id"]:
-                    continue
-                assignments.append({"form_code": f["form_code"], "post_office": f"BC-{province}",
-                                    "enumerator_id": f"VNP-{province}-{i // 20:03d}"})
-                f["enumerator_id"] = assignments[-1]["enumerator_id"]
+        for f in forms:
+            if f["enumerator_id"]:
+                continue
+            province = f["province_code"]
+            f["enumerator_id"] = enumerator_for(province, self.place[f["unit_id"]])
+            assignments.append({"form_code": f["form_code"], "post_office": f"BC-{province}",
+                                "enumerator_id": f["enumerator_id"]})
+        assignments.sort(key=lambda a: a["form_code"])
         for start in range(0, len(assignments), 5000):
             await _ok(await self.c["survey"].post("/v1/forms/assign", headers=self.a.h("ministry"),
                                                   json={"wave_id": self.wave["id"], "assignments": assignments[start:start + 5000]}))
 
-    async def _field_round(self, forms: list[dict], round_no: int) -> int:
-        wid, m = self.wave["id"], self.methodology
-        dispatched = [{"form_code": f["form_code"], "status": "dispatched", "enumerator_id": f["enumerator_id"]} for f in forms]
-        await self._batches("status", f"r{round_no}-dispatch", dispatched)
-        statuses, answers, online = [], [], []
-        for f in forms:
+    async def _deliver(self, forms: list[dict], advance: Callable[..., None]) -> list[dict]:
+        """Report the refused and unreachable forms among ``forms``; return the others."""
+        doomed, others = [], []
+        for f in sorted(forms, key=lambda f: f["form_code"]):
+            out = None
+            if f["enumerator_id"] != self.fraud_enumerator:
+                out = data.field_outcome(self.cfg, self.methodology, self.place[f["unit_id"]], f["province_code"])
+            if out is not None and out.kind in ("refused", "unreachable"):
+                doomed.append({"form_code": f["form_code"], "status": out.kind, "enumerator_id": f["enumerator_id"],
+                               "replacement_reason": "refused" if out.kind == "refused" else "unreachable"})
+            else:
+                others.append(f)
+        await self._batches("status", "dispatch", self._dispatched(doomed))
+        await self._batches("status", "outcomes", doomed)
+        advance(len(doomed))
+        return others
+
+    @staticmethod
+    def _dispatched(forms: list[dict]) -> list[dict]:
+        return [{"form_code": f["form_code"], "status": "dispatched", "enumerator_id": f["enumerator_id"]} for f in forms]
+
+    async def _answers(self, forms: list[dict], advance: Callable[..., None]) -> None:
+        """Paper answers through Vietnam Post's batches, online answers from the citizens, at once."""
+        m = self.methodology
+        paper, online = [], []
+        for f in sorted(forms, key=lambda f: f["form_code"]):
             if f["enumerator_id"] == self.fraud_enumerator:
                 self.fraud_forms.add(f["form_code"])
-                answers.append({"form_code": f["form_code"], "answers": data.fraudulent_answers(m),
-                                "enumerator_id": f["enumerator_id"], "duration_seconds": 40.0})
+                paper.append({"form_code": f["form_code"], "answers": data.fraudulent_answers(m),
+                              "enumerator_id": f["enumerator_id"], "duration_seconds": 40.0})
                 continue
             out = data.field_outcome(self.cfg, m, self.place[f["unit_id"]], f["province_code"])
-            if out.kind in ("refused", "unreachable"):
-                statuses.append({"form_code": f["form_code"], "status": out.kind, "enumerator_id": f["enumerator_id"],
-                                 "replacement_reason": "refused" if out.kind == "refused" else "unreachable"})
-            elif out.kind == "online":
+            if out.kind == "online":
                 online.append((f, out))
             else:
-                answers.append({"form_code": f["form_code"], "answers": out.answers, "enumerator_id": f["enumerator_id"],
-                                "duration_seconds": out.duration_seconds})
-        await self._batches("status", f"r{round_no}-outcomes", statuses)
-        await self._batches("answers", f"r{round_no}-answers", answers)
-        await self._online(online)
-        return len(statuses)
+                paper.append({"form_code": f["form_code"], "answers": out.answers, "enumerator_id": f["enumerator_id"],
+                              "duration_seconds": out.duration_seconds})
+        await self._batches("status", "dispatch", self._dispatched(forms))
+        await asyncio.gather(self._online(online, advance), self._batches("answers", "answers", paper, advance))
 
-    async def _batches(self, kind: str, name: str, records: list[dict]) -> None:
+    async def _batches(self, kind: str, name: str, records: list[dict], advance: Callable[..., None] | None = None) -> None:
         path = "/v1/vnpost/status-batches" if kind == "status" else "/v1/vnpost/answer-batches"
-        for k, start in enumerate(range(0, len(records), self.cfg.batch_size)):
+        for start in range(0, len(records), self.cfg.batch_size):
             chunk = records[start:start + self.cfg.batch_size]
+            bid = batch_id(self.cfg.wave_code, name, chunk)
             result = await _ok(await self.c["survey"].post(path, headers=self.a.h("vnpost"), json={
-                "batch_id": f"{self.cfg.wave_code}-{name}-{k:04d}", "wave_id": self.wave["id"], "records": chunk}))
+                "batch_id": bid, "wave_id": self.wave["id"], "records": chunk}))
             bad = [r for r in result["records"] if r["outcome"] in ("conflict", "rejected")]
             if bad:
-                raise DemoError(f"Vietnam Post batch {name}-{k}: {len(bad)} records refused, e.g. {bad[:2]}")
+                raise DemoError(f"Vietnam Post batch {bid}: {len(bad)} records refused, e.g. {bad[:2]}")
+            if advance is not None:
+                advance(len(chunk))
 
-    async def _online(self, online: list[tuple[dict, data.Outcome]]) -> None:
+    async def _online(self, online: list[tuple[dict, data.Outcome]], advance: Callable[..., None] | None = None) -> None:
         """Citizens answer on the web, each from their own address (sent as X-Forwarded-For, as
-        the reverse proxy in front of the service would; uvicorn trusts it from localhost only)."""
-        sem = asyncio.Semaphore(8)
+        the reverse proxy in front of the service would; uvicorn trusts it from localhost only),
+        many at once as real citizens do, bounded so the demo does not become a load test."""
+        sem = asyncio.Semaphore(16)
 
         async def answer(f: dict, out: data.Outcome, i: int) -> None:
             async with sem:
@@ -348,9 +428,10 @@ class Scenario:
                 await _ok(await self._polite(lambda: self.c["survey"].get(path, headers=address)))
                 r = await self._polite(lambda: self.c["survey"].post(f"{path}/response", headers=address,
                                                                      json={"answers": out.answers}))
-                if r.status_code == 409:  # answered in an earlier run of the demo
-                    return
-                await _ok(r, 201)
+                if r.status_code != 409:  # 409: answered in an earlier run of the demo
+                    await _ok(r, 201)
+                if advance is not None:
+                    advance(1)
 
         await asyncio.gather(*(answer(f, out, i) for i, (f, out) in enumerate(online)))
         self.report.counts["answered online"] = self.report.counts.get("answered online", 0) + len(online)
@@ -375,23 +456,30 @@ class Scenario:
                              json={"province_code": province, "seed": self.cfg.seed})
             if r.status_code != 409:  # 409: drawn in an earlier run
                 await _ok(r, 201)
-        while True:
-            done = 0
-            for province in self.provinces:
-                listing = await _ok(await v.get(f"/v1/waves/{wid}/back-checks", headers=self.a.h(f"province:{province}"),
+        # 34 provincial teams call respondents back at the same time; a few calls each at once.
+        calls = asyncio.Semaphore(12)
+
+        async def team(province: str) -> None:
+            who = self.a.h(f"province:{province}")
+            while True:
+                listing = await _ok(await v.get(f"/v1/waves/{wid}/back-checks", headers=who,
                                                 params={"province_code": province, "pending": "true", "limit": 500,
                                                         "with_contacts": "true"}))
-                for item in listing["items"]:
-                    if item["outcome"] is not None:
-                        continue
+                todo = [item for item in listing["items"] if item["outcome"] is None]
+                if not todo:
+                    return
+
+                async def call(item: dict) -> None:
                     outcome = data.back_check_result(self.cfg, item["form_code"] in self.fraud_forms,
                                                      self.place.get(item["unit_id"], item["form_code"]))
-                    await _ok(await v.post(f"/v1/waves/{wid}/back-checks/{item['form_code']}/outcome",
-                                           headers=self.a.h(f"province:{province}"), json={"outcome": outcome}))
-                    done += 1
-            advance(done)
-            if not done:
-                break
+                    async with calls:
+                        await _ok(await v.post(f"/v1/waves/{wid}/back-checks/{item['form_code']}/outcome",
+                                               headers=who, json={"outcome": outcome}))
+                    advance(1)
+
+                await asyncio.gather(*(call(item) for item in todo))
+
+        await asyncio.gather(*(team(p) for p in self.provinces))
         totals = await self._quality()
         for key in ("returned", "valid", "rejected", "flagged", "back_checked", "denied"):
             self.report.counts[f"forms {key}"] = totals[key]
@@ -410,20 +498,26 @@ class Scenario:
         reviewer accepts them with a comment: a flag is a reason to look, not to reject; the
         back-check decides whether the respondent really answered."""
         v, wid = self.c["verification"], self.wave["id"]
+        reviewers = asyncio.Semaphore(8)
+
+        async def review(form: dict) -> None:
+            async with reviewers:
+                await _ok(await v.post(f"/v1/waves/{wid}/forms/{form['form_code']}/review", headers=self.a.h("ministry"),
+                                       json={"action": "accept", "comment": "Đã xem xét: cờ cảnh báo không đủ để loại phiếu."}))
+
         while True:
             page = await _ok(await v.get(f"/v1/waves/{wid}/forms", headers=self.a.h("ministry"),
                                          params={"state": "has_issues", "limit": 500}))
             if not page["items"]:
                 return
-            for form in page["items"]:
-                await _ok(await v.post(f"/v1/waves/{wid}/forms/{form['form_code']}/review", headers=self.a.h("ministry"),
-                                       json={"action": "accept", "comment": "Đã xem xét: cờ cảnh báo không đủ để loại phiếu."}))
+            await asyncio.gather(*(review(form) for form in page["items"]))
 
-    async def _screened(self) -> bool:
+    async def _screened(self) -> tuple[bool, tuple]:
         progress = await _ok(await self.c["survey"].get(f"/v1/progress/{self.wave['id']}", headers=self.a.h("ministry")))
         collected = progress["totals"]["collected"]
         q = await self._quality()
-        return q["returned"] >= collected and q["valid"] + q["rejected"] + q["flagged"] >= q["returned"]
+        state = (collected, q["returned"], q["valid"], q["rejected"], q["flagged"])
+        return q["returned"] >= collected and q["valid"] + q["rejected"] + q["flagged"] >= q["returned"], state
 
     # ------------------------------------------------------------------ indexing
     async def indexing(self) -> None:
@@ -436,9 +530,9 @@ class Scenario:
                                                               json={"reason": "final run of the demo wave"}), 201)
         self.report.run_id = run["id"] if "id" in run else run["run_id"]
 
-    async def _accepted_reached(self, valid: int) -> bool:
+    async def _accepted_reached(self, valid: int) -> tuple[bool, int]:
         got = await _ok(await self.c["indexing"].get(f"/v1/waves/{self.wave['id']}/accepted", headers=self.a.h("ministry")))
-        return got["accepted_forms"] == valid
+        return got["accepted_forms"] == valid, got["accepted_forms"]
 
     # ------------------------------------------------------------------ publication
     async def publication(self) -> None:
