@@ -228,7 +228,7 @@ async def _run(backend: str, n_import: int, n_frame: int, n_draw: int) -> list[R
                 await conn.execute(text(f"DROP TABLE {copied.name}"))
             target = "≥ 0.4 of bare insert on PostgreSQL" if postgres else None
             baseline_name = "bare bulk insert (executemany) of the same frame_record rows"
-            results.append(Result(
+            _emit(results, Result(
                 f"[{backend}] frame import, batch API, {n_import:,} records", api_rate, "records/s", baseline=bare_rate,
                 baseline_name=baseline_name, target=target,
                 note=f"batch of {BATCH:,}: median {statistics.median(per_batch):.2f} s, max {max(per_batch):.2f} s; "
@@ -236,7 +236,7 @@ async def _run(backend: str, n_import: int, n_frame: int, n_draw: int) -> list[R
                      "contact in a second table", extra={"seconds": api_s, "bare_seconds": bare_s}))
             if postgres:
                 copy_rate = n_import / copy_s
-                results.append(Result(
+                _emit(results, Result(
                     f"[{backend}] frame import, batch API vs a bare COPY", api_rate, "records/s", baseline=copy_rate,
                     baseline_name="binary COPY of the same frame_record rows (reference, stronger than the target's)",
                     note=f"bare COPY {copy_rate:,.0f} rows/s", extra={"copy_seconds": copy_s}))
@@ -260,7 +260,7 @@ async def _run(backend: str, n_import: int, n_frame: int, n_draw: int) -> list[R
             csv_seconds = time.perf_counter() - start
             assert r.status_code == 200 and r.json()["accepted"] == n_import, r.text[:500]
             csv_path.unlink()
-            results.append(Result(
+            _emit(results, Result(
                 f"[{backend}] frame import, CSV upload, {n_import:,} records", n_import / csv_seconds, "records/s",
                 baseline=bare_rate, baseline_name=baseline_name + " (measured beside the batch API)", target=target,
                 note=f"one streamed file of {csv_mib:,.0f} MiB, {csv_seconds:.1f} s"))
@@ -301,14 +301,14 @@ async def _run(backend: str, n_import: int, n_frame: int, n_draw: int) -> list[R
                 draw_seconds = time.perf_counter() - t0
             assert r.status_code == 201, r.text[:500]
             drawn = r.json()
-            results.append(Result(
+            _emit(results, Result(
                 f"[{backend}] draw {n_draw:,} (+{drawn['n_reserve']:,} reserves) from {n_frame:,} records", draw_seconds,
                 "s", higher_is_better=False,
                 note=f"{len(drawn['strata'])} strata; peak RSS +{mem.peak - mem.start:.0f} MiB above {mem.start:.0f} MiB; "
                      f"closing the frame (fingerprint) {close_seconds:.1f} s; bare load of the frame {load_seconds:.1f} s",
                 extra={"peak_rss_increase_mib": mem.peak - mem.start, "close_seconds": close_seconds,
                        "load_seconds": load_seconds}))
-            results.append(Result(f"[{backend}] draw: peak memory above the process's", mem.peak - mem.start, "MiB",
+            _emit(results, Result(f"[{backend}] draw: peak memory above the process's", mem.peak - mem.start, "MiB",
                                   higher_is_better=False))
             await client.aclose()
     finally:
@@ -316,6 +316,15 @@ async def _run(backend: str, n_import: int, n_frame: int, n_draw: int) -> list[R
             await drop_schemas(PG_URL, platform.schema_prefix, ["sampling"])
         shutil.rmtree(tmp, ignore_errors=True)
     return results
+
+
+def _emit(results: list[Result], result: Result) -> None:
+    """Keep a result and print it at once (stderr): a full run takes long on a loaded machine,
+    and what was measured before an interruption is still worth having."""
+    results.append(result)
+    ratio = f" (ratio {result.ratio:.2f} to {result.baseline:,.0f})" if result.ratio is not None else ""
+    print(f"measured: {result.name}: {result.value:,.1f} {result.unit}{ratio}; {result.note or ''}",
+          file=sys.stderr, flush=True)
 
 
 def _frame_rows(wave_id: str, n: int, communes: dict[str, list[str]], columns: list[str], size: int = 100_000):
