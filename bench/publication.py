@@ -231,8 +231,8 @@ def _request(path: str, headers: dict[str, str]) -> bytes:
     return f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra}\r\n".encode()
 
 
-def _wrk(url: str, headers: dict[str, str], seconds: float, cpus: set[int]) -> tuple[float, float]:
-    """(requests/s, p99 ms) from wrk --latency, one thread, CONCURRENCY connections."""
+def _wrk(url: str, headers: dict[str, str], seconds: float, cpus: set[int]) -> tuple[float, float, int]:
+    """(requests/s, p99 ms, requests) from wrk --latency, one thread, CONCURRENCY connections."""
     cmd = ["wrk", "-t1", f"-c{CONCURRENCY}", f"-d{max(1, round(seconds))}s", "--latency"]
     for k, v in headers.items():
         cmd += ["-H", f"{k}: {v}"]
@@ -243,11 +243,12 @@ def _wrk(url: str, headers: dict[str, str], seconds: float, cpus: set[int]) -> t
         raise RuntimeError(f"wrk failed or got errors:\n{text}\n{out.stderr}")
     rps = float(re.search(r"Requests/sec:\s*([\d.]+)", text).group(1))
     value, unit = re.search(r"^\s*99%\s+([\d.]+)(us|ms|s)\s*$", text, re.M).groups()
-    return rps, float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+    requests = int(re.search(r"^\s*(\d+) requests in", text, re.M).group(1))
+    return rps, float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit], requests
 
 
-async def _python_load(port: int, path: str, headers: dict[str, str], seconds: float, expect: int) -> tuple[float, float]:
-    """(requests/s, p99 ms): CONCURRENCY keep-alive connections on raw sockets (asyncio)."""
+async def _python_load(port: int, path: str, headers: dict[str, str], seconds: float, expect: int) -> tuple[float, float, int]:
+    """(requests/s, p99 ms, requests): CONCURRENCY keep-alive connections on raw sockets (asyncio)."""
     request = _request(path, headers)
     expect_line = f"HTTP/1.1 {expect} ".encode()
     latencies: list[float] = []
@@ -272,14 +273,25 @@ async def _python_load(port: int, path: str, headers: dict[str, str], seconds: f
     started = time.perf_counter()
     await asyncio.gather(*(connection() for _ in range(CONCURRENCY)))
     took = time.perf_counter() - started
-    return len(latencies) / took, statistics.quantiles(latencies, n=100)[98] * 1000
+    return len(latencies) / took, statistics.quantiles(latencies, n=100)[98] * 1000, len(latencies)
 
 
-def _load(client: str, port: int, path: str, headers: dict[str, str], seconds: float, cpus: set[int],
-          expect: int) -> tuple[float, float]:
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used (Linux /proc), to normalise by what it got."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _load(client: str, server: "_Server", headers: dict[str, str], seconds: float, cpus: set[int],
+          expect: int) -> tuple[float, float, float]:
+    """(requests/s, p99 ms, requests per CPU-second of the server) of one run."""
+    cpu = _cpu_seconds(server.proc.pid)
     if client == "wrk":
-        return _wrk(f"http://127.0.0.1:{port}{path}", headers, seconds, cpus)
-    return asyncio.run(_python_load(port, path, headers, seconds, expect))
+        rps, p99, n = _wrk(f"http://127.0.0.1:{server.port}{server.path}", headers, seconds, cpus)
+    else:
+        rps, p99, n = asyncio.run(_python_load(server.port, server.path, headers, seconds, expect))
+    used = _cpu_seconds(server.proc.pid) - cpu
+    return rps, p99, n / used if used > 0 else float("nan")
 
 
 # --- the measurement ---
@@ -320,20 +332,27 @@ def _run(seconds: float, rounds: int, client: str) -> list[Result]:
                                                 ("304 Not Modified", {"If-None-Match": etag}, 304, 0.6)):
                 measured: dict[str, list[tuple[float, float]]] = {"publication": [], "raw": []}
                 for server in (pub, raw):  # warm up (imports, caches, uvloop) before timing
-                    _load(client, server.port, server.path, hdrs, min(1.0, seconds), client_cpus, expect)
+                    _load(client, server, hdrs, min(1.0, seconds), client_cpus, expect)
                 for _ in range(rounds):
                     for name, server in (("publication", pub), ("raw", raw)):
-                        measured[name].append(_load(client, server.port, server.path, hdrs, seconds, client_cpus, expect))
+                        measured[name].append(_load(client, server, hdrs, seconds, client_cpus, expect))
                 rps = statistics.median(m[0] for m in measured["publication"])
                 raw_rps = statistics.median(m[0] for m in measured["raw"])
                 p99 = statistics.median(m[1] for m in measured["publication"])
                 raw_p99 = statistics.median(m[1] for m in measured["raw"])
+                per_cpu = statistics.median(m[2] for m in measured["publication"])
+                raw_per_cpu = statistics.median(m[2] for m in measured["raw"])
                 note = (f"HTTP/1.1 keep-alive, {CONCURRENCY} connections, load by {client}; server on core {server_cpu}, "
                         f"client on {sorted(client_cpus)}; body {len(body):,} bytes; median of {rounds} x {seconds:g} s")
                 extra = {"client": client, "rounds": measured}
                 results.append(Result(f"published release GET, {label}: requests/s", rps, "req/s", raw_rps,
                                       "raw ASGI app on uvicorn, same bytes", target=f">= {target} of raw", note=note,
                                       extra=extra))
+                results.append(Result(f"published release GET, {label}: requests per server CPU-second", per_cpu,
+                                      "req/s", raw_per_cpu, "raw ASGI app on uvicorn, same bytes",
+                                      target=f">= {target} of raw",
+                                      note="requests / CPU time the server process used (/proc): what one whole "
+                                           "core would serve; steadier than wall-clock req/s on a busy machine"))
                 results.append(Result(f"published release GET, {label}: p99 latency", p99, "ms", raw_p99,
                                       "raw ASGI app on uvicorn, same bytes", higher_is_better=False,
                                       note=f"under the same load ({CONCURRENCY} connections)"))
