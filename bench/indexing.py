@@ -172,13 +172,14 @@ def bench_wave(n: int, increment: int) -> list[Result]:
     new = rows[:increment]
 
     def incremental():
-        sums: dict[tuple, np.ndarray] = {}
+        # per cell and item: Σw for answers 1-5, then counts 1-5 (the provisional_sum columns)
+        sums: dict[tuple, list[float]] = {}
         for form in new:
             key, items = service.provisional_contribution(form)
             for item, (v, w) in items.items():
                 acc = sums.get((key, item))
                 if acc is None:
-                    acc = sums[(key, item)] = np.zeros(10)
+                    acc = sums[(key, item)] = [0.0] * 10
                 acc[v - 1] += w
                 acc[4 + v] += 1
         return sums

@@ -68,7 +68,8 @@ METADATA_COLUMNS = frozenset(
      "fpc", "weight", "channel"}
 )
 
-_DEFAULT_CHUNK_ROWS = 1 << 19  # rows per chunk: bounds memory at ~ chunk × items × 8 bytes per array
+_DEFAULT_CHUNK_ROWS = 1 << 16  # rows per chunk: bounds memory (~ chunk × 2 items × 8 bytes per array in flight)
+# and keeps a chunk's arrays nearer the caches (measured ~10% faster than 512k rows on 1M rows)
 _ONE_PASS_ROWS = 256  # rows per domain (on average) from which one pass with (2k)² Gram matrices pays
 _CACHE_BYTES = 256 << 20  # two-pass mode keeps a chunk's y, a for pass 2 while they fit in this budget
 

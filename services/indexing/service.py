@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import hashlib
 import json
 import logging
@@ -126,8 +127,15 @@ def provisional_contribution(form: Mapping[str, Any]) -> tuple[tuple[str, str, s
     w = float(form["weight"])
     answers = form["answers"] or {}
     items = {c: (v, w) for c, v in answers.items()
-             if _ITEM_KEY.match(c) and type(v) is int and 1 <= v <= 5}
+             if type(v) is int and 1 <= v <= 5 and _is_item_key(c)}
     return key, items
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_item_key(code: str) -> bool:
+    """Whether an answer key names a satisfaction item (``element.item``); the same few dozen
+    keys recur on every form, so the pattern runs once per key, not once per answer."""
+    return bool(_ITEM_KEY.match(code))
 
 
 async def _add_provisional(session: AsyncSession, wave_id: str, form: Mapping[str, Any], sign: int) -> None:
