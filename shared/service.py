@@ -271,7 +271,11 @@ def _ops_router(spec: ServiceSpec) -> APIRouter:
     return router
 
 
-__all__ = ["Consumer", "ServiceSpec", "build_app", "PROBLEM_MEDIA_TYPE"]
+# Public name for services that answer some requests outside the routed stack (publication's
+# stored bodies) and must still carry correlation ids and metrics.
+RequestContextMiddleware = _RequestContextMiddleware
+
+__all__ = ["Consumer", "ServiceSpec", "build_app", "PROBLEM_MEDIA_TYPE", "RequestContextMiddleware"]
 
 
 def unit_of_work(request: Request):

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import httpx
 from fastapi import FastAPI
-from starlette.middleware import Middleware
 
 from services.publication import api, page, public_api
 from services.publication.consumers import CONSUMERS
@@ -114,8 +113,9 @@ def create_app(settings: PublicationSettings | None = None, *, bus: EventBus | N
     app.state.rate_limiter = RateLimiter()
     app.state.public_cache = PublicCache()
     app.add_middleware(RequestSizeLimit, settings=settings)
-    # Innermost (just outside the router), so the correlation-id and metrics middleware wrap it.
-    app.user_middleware.append(Middleware(StoredBodyFastPath, fastapi_app=app))
+    # Outside the whole middleware stack (see StoredBodyFastPath): built with it, on first use.
+    build_stack = app.build_middleware_stack
+    app.build_middleware_stack = lambda: StoredBodyFastPath(build_stack(), app, SPEC.name)
     _anonymous_public_operations(app)
     return app
 

@@ -41,7 +41,7 @@ from services.publication.schemas import (
 )
 from shared.auth import OptionalPrincipal
 from shared.errors import BadRequest, NotFound, TooManyRequests, problem_responses
-from shared.service import read_session
+from shared.service import RequestContextMiddleware, read_session
 
 UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 CODE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
@@ -247,6 +247,7 @@ _STORED_PATH = re.compile(
 # the routed path, whose validation answers it (422) exactly as documented.
 _PLAIN_INSTANT = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:\d{2})?$")
 RATE_CHECKED = "publication.rate_checked"
+_PREPARED = "publication.prepared"
 
 
 class StoredBodyFastPath:
@@ -256,19 +257,23 @@ class StoredBodyFastPath:
     FastAPI's routing and dependency resolution cost several times what the answer itself costs
     (the benchmark measured a 304 at under a fifth of a raw ASGI app through them), and a
     published body is immutable bytes with a precomputed ETag, so there is nothing to validate.
-    Only the simple, common shape is answered here: anonymous, no query or only ``version`` /
-    ``as_of`` in plain forms, a visible version. Everything else (a key, other parameters,
-    malformed values, a future ``as_of``, unknown or embargoed releases, a rate-limited client)
-    falls through to the routed handler, which answers it with the same rules and problem+json;
-    a request counted against the anonymous rate limit here is not counted again there.
-    Installed inside the request-context middleware, so correlation ids and metrics (labelled
-    with the route's template) are the same on both paths.
+    It wraps the whole middleware stack (the layers in between cost more than the answer), and
+    sends its answers through the platform's request-context middleware, so correlation ids and
+    metrics (labelled with the route's template) are the same as on the routed path.
+
+    Only the simple, common shape is answered here: anonymous, no body, no query or only
+    ``version`` / ``as_of`` in plain forms, a visible version. Everything else (a key, other
+    parameters, malformed values, a future ``as_of``, unknown or embargoed releases, a
+    rate-limited client) goes down the stack to the routed handler, which answers it with the
+    same rules and problem+json; a request counted against the anonymous rate limit here is not
+    counted again there.
     """
 
-    def __init__(self, app, fastapi_app) -> None:
+    def __init__(self, app, fastapi_app, service: str) -> None:
         self.app = app
         self.fastapi_app = fastapi_app
         self.routes: dict[str, object] | None = None
+        self.respond = RequestContextMiddleware(self._send_prepared, service)
 
     def _route(self, resource: str):
         if self.routes is None:  # this module's router: its routes carry the full path
@@ -278,23 +283,32 @@ class StoredBodyFastPath:
         return self.routes[resource]
 
     async def __call__(self, scope, receive, send) -> None:
-        if (scope["type"] == "http" and scope["method"] == "GET" and scope["path"].startswith("/v1/public/releases/")
-                and await self._answer(scope, send)):
-            return
+        if scope["type"] == "http" and scope["method"] == "GET" and scope["path"].startswith("/v1/public/releases/"):
+            prepared = await self._prepare(scope)
+            if prepared is not None:
+                scope[_PREPARED] = prepared
+                await self.respond(scope, receive, send)
+                return
         await self.app(scope, receive, send)
 
-    async def _answer(self, scope, send) -> bool:
-        """Send the stored answer and return True, or return False to let the router answer."""
+    @staticmethod
+    async def _send_prepared(scope, receive, send) -> None:
+        status, headers, body = scope.pop(_PREPARED)
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _prepare(self, scope) -> tuple[int, list, bytes] | None:
+        """(status, headers, body) of the stored answer, or None to let the stack answer."""
         m = _STORED_PATH.match(scope["path"])
         if m is None:
-            return False
+            return None
         if_none_match = None
         for name, value in scope["headers"]:
-            if name in (b"x-api-key", b"x-internal-token"):
-                return False  # authenticated on the routed path
+            if name in (b"x-api-key", b"x-internal-token", b"content-length", b"transfer-encoding"):
+                return None  # a key is authenticated, a body size-checked, down the stack
             if name == b"if-none-match":
                 if if_none_match is not None:
-                    return False
+                    return None
                 if_none_match = value
         version = as_of = None
         query = scope.get("query_string") or b""
@@ -304,25 +318,27 @@ class StoredBodyFastPath:
                 if key == b"version" and version is None and raw.isdigit() and raw[:1] != b"0" and len(raw) <= 6:
                     version = int(raw)
                     if version > 100000:
-                        return False
+                        return None
                 elif key == b"as_of" and as_of is None:
                     text = unquote_plus(raw.decode("latin-1"))
                     if not _PLAIN_INSTANT.match(text):
-                        return False
+                        return None
                     as_of = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
                     if as_of.tzinfo is None:
                         as_of = as_of.replace(tzinfo=dt.UTC)
                 else:
-                    return False
+                    return None
         state = self.fastapi_app.state._state  # the dict behind app.state: one lookup per item
+        if "settings" not in state:
+            return None  # not started yet
         now = state["clock"]()
         if as_of is not None and as_of > now:
-            return False
+            return None
         settings = state["settings"]
         client = scope.get("client")
         if state["rate_limiter"].take(client[0] if client else "unknown", settings.anonymous_rate_per_minute,
                                       settings.anonymous_burst):
-            return False  # refused: the routed path answers 429 with Retry-After (not counted twice)
+            return None  # refused: the routed path answers 429 with Retry-After (not counted twice)
         scope.setdefault("state", {})[RATE_CHECKED] = True
         resource = "metadata" if m.group(2) else "document"
         cache: public.PublicCache = state["public_cache"]
@@ -332,24 +348,19 @@ class StoredBodyFastPath:
                 versions = await cache.versions(state["sessions"], state["tables"], m.group(1))
             picked = public.pick_visible(versions, as_of or now, version)
             if picked is None:
-                return False
+                return None
             row = cache.cached_body(picked[2], resource)
             if row is None:
                 row = await cache.body(state["sessions"], state["tables"], picked[2], resource)
         except Exception:  # e.g. the database is down: the routed path reports it as a problem
-            return False
+            return None
         if row is None:
-            return False
-        pinned = version is not None or as_of is not None
-        full, bare = public.stored_headers(row, pinned, settings.public_max_age_seconds)
+            return None
+        full, bare = public.stored_headers(row, version is not None or as_of is not None, settings.public_max_age_seconds)
         scope["route"] = self._route(resource)
         if if_none_match is not None and public.matches_header(if_none_match.decode("latin-1"), row["etag"]):
-            await send({"type": "http.response.start", "status": 304, "headers": bare})
-            await send({"type": "http.response.body", "body": b""})
-        else:
-            await send({"type": "http.response.start", "status": 200, "headers": full})
-            await send({"type": "http.response.body", "body": row["body"]})
-        return True
+            return 304, bare, b""
+        return 200, full, row["body"]
 
 
 @router.get("/releases/{release_id}/versions", response_model=VersionList, responses=_responses(True),
