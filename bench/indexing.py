@@ -1,6 +1,6 @@
 """Indexing benchmarks (issue 6).
 
-    python -m bench.indexing            # 10,000,000 responses × 22 items (a few minutes, ~3 GiB)
+    python -m bench.indexing            # 10,000,000 responses × 22 items (several minutes, ~2 GiB)
     python -m bench.indexing --quick    # 200,000 responses: a smoke run
 
 1. **Final run at scale**: design-based estimates (ratios, full item covariance under strata and
