@@ -13,8 +13,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import itertools
-import operator
 import math
+import operator
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,7 +121,7 @@ def answer_matrix(answers: Sequence[Mapping[str, Any]], items: Sequence[str]) ->
     if not n or not k:
         return np.zeros((k, n), dtype=np.int8)
     # C-level iteration throughout (map over bound methods): this touches every answer of a wave.
-    flat = list(itertools.chain.from_iterable(map(lambda ans: map(ans.get, items), answers)))
+    flat = list(itertools.chain.from_iterable(map(ans.get, items) for ans in answers))
     if set(map(type, flat)) <= _PLAIN_TYPES:
         codes = list(map(_ANSWER_CODE.get, flat, itertools.repeat(0)))
     else:  # bools (True hashes like 1) or unhashable values (lists): not 1-5 codes
@@ -397,7 +397,7 @@ def _domain_cells(kind: str, dom_codes: Sequence[str], keep: np.ndarray, res: Ma
             else:
                 n_ind[:, pos] = respondents_with_any(ind.coef != 0)[doms]
 
-        def quads(r: DomainEstimates) -> np.ndarray:
+        def quads(r: DomainEstimates, doms: np.ndarray = doms, C: np.ndarray = C) -> np.ndarray:
             V = np.nan_to_num(r.cov[doms], nan=0.0)
             return np.einsum("ij,djk,ik->di", C, V, C)
 

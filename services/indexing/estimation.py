@@ -29,8 +29,8 @@ import io
 import json
 import math
 import os
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -670,7 +670,7 @@ class SampleDesign:
             ua = _reduce_cols(a, at)
             na = ua if a.dtype == bool else _reduce_cols(a != 0, at)
             idx = row_idx[r0:r1]
-            dom, run_dom, run_bounds = domain_runs(r0, r1, c0, c1, g, at)
+            _, run_dom, run_bounds = domain_runs(r0, r1, c0, c1, g, at)
             if single:
                 q_rows = q[self.stratum_code[idx]]
             else:
