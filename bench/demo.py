@@ -19,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,7 +34,7 @@ from services.keys import issue_many
 from shared.auth import Role
 from shared.bus.rabbitmq import RabbitMQBus
 from shared.settings import SERVICES as SERVICE_NAMES, PlatformSettings
-from tests.support.stack_process import StackProcess, stack_env
+from tests.support.stack_process import ROOT, StackProcess, stack_env
 
 DATABASE_URL = os.environ.get("SIPAS_TEST_DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
 BUS_URL = os.environ.get("SIPAS_TEST_BUS_URL", "amqp://guest:guest@127.0.0.1:5672/")
@@ -64,6 +66,17 @@ def actor_keys_wanted(cfg: DemoConfig) -> list[tuple[str, Role, str | None]]:
     return wanted
 
 
+def start(procs: StackProcess, mode: str, workdir: Path) -> None:
+    """``StackProcess.start`` with a longer wait: five processes importing, migrating and
+    connecting take more than the tests' 90 s on a busy machine."""
+    if mode == "embedded":
+        procs.cli("migrate")
+    log = open(workdir / f"{mode}.log", "wb")
+    procs.procs.append(subprocess.Popen([sys.executable, "-m", "services", "run" if mode == "embedded" else "stack"],
+                                        env=procs.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT))
+    procs.wait_ready(timeout=600)
+
+
 async def play(cfg: DemoConfig, mode: str, workdir: Path) -> Report:
     """Start a stack of our own (``embedded`` or ``separate``), play the wave, stop and drop it."""
     services = mode == "separate"
@@ -76,7 +89,7 @@ async def play(cfg: DemoConfig, mode: str, workdir: Path) -> Report:
         platform = PlatformSettings()
     procs = StackProcess(env, urls, log_dir=workdir)
     try:
-        await asyncio.to_thread(procs.start, mode)
+        await asyncio.to_thread(start, procs, mode, workdir)
         wanted = actor_keys_wanted(cfg)
         issued = await issue_many(platform, [(r, f"bench {n}", p) for n, r, p in wanted])
         keys = {n: k.key for (n, *_), k in zip(wanted, issued)}
