@@ -95,20 +95,27 @@ STALL_SECONDS = 300.0
 
 
 async def _eventually(check: Callable[[], Awaitable[Any]], what: str, stall: float = STALL_SECONDS,
-                      interval: float = 0.2, max_interval: float = 2.0) -> Any:
+                      interval: float = 0.2, max_interval: float = 2.0,
+                      activity: Callable[[], Awaitable[Any]] | None = None) -> Any:
     """Events travel asynchronously between services: wait for their effect, say what we waited for.
 
     ``check`` returns either a plain truth value, or ``(done, state)`` where ``state`` is what
-    it saw (counts): the wait gives up only after ``state`` stayed the same for ``stall``
-    seconds. The polling interval grows to ``max_interval`` because every poll is a request the
-    busy stack must answer too."""
+    it saw (counts): the wait gives up only after ``state`` (and ``activity``, e.g. how many
+    events the services have handled) stayed the same for ``stall`` seconds. The polling
+    interval grows to ``max_interval`` because every poll is a request the busy stack must
+    answer too."""
     deadline = time.monotonic() + stall
     last: Any = object()
     while True:
-        result = await check()
+        try:
+            result = await check()
+        except httpx.TransportError:  # a busy stack dropped a keep-alive connection: ask again
+            result = False
         done, state = result if isinstance(result, tuple) else (result, None)
         if done:
             return result
+        if activity is not None:
+            state = (state, await activity())
         if state is not None and state != last:
             last, deadline = state, time.monotonic() + stall
         if time.monotonic() > deadline:
@@ -153,6 +160,22 @@ class Scenario:
     @property
     def c(self) -> dict[str, httpx.AsyncClient]:
         return self.a.clients
+
+    async def _events_handled(self) -> float | None:
+        """Events handled so far by every service's consumers (their ``/metrics``): while it
+        grows, the services are working through the backlog the demo is waiting on, even when
+        no count the demo asks for has moved yet."""
+        total = 0.0
+        for client in self.c.values():
+            with contextlib.suppress(httpx.HTTPError):
+                r = await client.get("/metrics")
+                for line in r.text.splitlines():
+                    if line.startswith("sipas_events_consumed_total{"):
+                        total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    async def _wait(self, check: Callable[[], Awaitable[Any]], what: str) -> Any:
+        return await _eventually(check, what, activity=self._events_handled)
 
     async def play(self) -> Report:
         stages = [
@@ -288,7 +311,7 @@ class Scenario:
         sv, wid = self.c["survey"], self.wave["id"]
         expected = self.report.counts["sampled units"]
         started = time.perf_counter()
-        await _eventually(lambda: self._forms_known(expected), f"{expected} forms in the survey service")
+        await self._wait(lambda: self._forms_known(expected), f"{expected} forms in the survey service")
         self.p.note(f"{expected:,} forms created by the survey service after {time.perf_counter() - started:.1f} s")
         cursor, seen, total, rounds = 0, set(), expected, 0
         advance = self.p.task("Vietnam Post and citizens", expected)
@@ -308,7 +331,7 @@ class Scenario:
                 continue
             # Nothing new to deliver: done when every refused or unreachable form has been
             # replaced (or its stratum's reserve ran out); else wait for the replacements.
-            settled = await _eventually(lambda: self._replacements_or_new_forms(len(answering)),
+            settled = await self._wait(lambda: self._replacements_or_new_forms(len(answering)),
                                         "replacement forms from the reserve lists")
             if settled[0] == "settled":
                 break
@@ -448,7 +471,7 @@ class Scenario:
     # ------------------------------------------------------------------ verification
     async def verification(self) -> None:
         v, wid = self.c["verification"], self.wave["id"]
-        await _eventually(self._screened, "verification to screen every returned form")
+        await self._wait(self._screened, "verification to screen every returned form")
         await self._review_flagged()
         advance = self.p.task("provincial back-checks (phúc tra)", None)
         for province in self.provinces:
@@ -456,9 +479,9 @@ class Scenario:
                              json={"province_code": province, "seed": self.cfg.seed})
             if r.status_code != 409:  # 409: drawn in an earlier run
                 await _ok(r, 201)
-        # 34 provincial teams call respondents back at the same time; a few calls each at once.
-        calls = asyncio.Semaphore(12)
-
+        # 34 provincial teams call respondents back at the same time, each team one call after
+        # the other (a team's outcomes of one enumerator's forms can escalate that enumerator;
+        # two such outcomes at once made PostgreSQL detect a deadlock in verification).
         async def team(province: str) -> None:
             who = self.a.h(f"province:{province}")
             while True:
@@ -469,15 +492,12 @@ class Scenario:
                 if not todo:
                     return
 
-                async def call(item: dict) -> None:
+                for item in todo:
                     outcome = data.back_check_result(self.cfg, item["form_code"] in self.fraud_forms,
                                                      self.place.get(item["unit_id"], item["form_code"]))
-                    async with calls:
-                        await _ok(await v.post(f"/v1/waves/{wid}/back-checks/{item['form_code']}/outcome",
-                                               headers=who, json={"outcome": outcome}))
+                    await _ok(await v.post(f"/v1/waves/{wid}/back-checks/{item['form_code']}/outcome",
+                                           headers=who, json={"outcome": outcome}))
                     advance(1)
-
-                await asyncio.gather(*(call(item) for item in todo))
 
         await asyncio.gather(*(team(p) for p in self.provinces))
         totals = await self._quality()
@@ -523,7 +543,7 @@ class Scenario:
     async def indexing(self) -> None:
         ix, wid = self.c["indexing"], self.wave["id"]
         valid = (await self._quality())["valid"]
-        await _eventually(lambda: self._accepted_reached(valid), f"{valid} accepted forms in indexing")
+        await self._wait(lambda: self._accepted_reached(valid), f"{valid} accepted forms in indexing")
         runs = await _ok(await ix.get(f"/v1/waves/{wid}/runs", headers=self.a.h("ministry")))
         final = [r for r in runs["items"] if r.get("kind", "final") == "final"]
         run = final[-1] if final else await _ok(await ix.post(f"/v1/waves/{wid}/runs", headers=self.a.h("ministry"),
@@ -537,7 +557,7 @@ class Scenario:
     # ------------------------------------------------------------------ publication
     async def publication(self) -> None:
         pub = self.c["publication"]
-        await _eventually(self._run_announced, "the final run to reach publication")
+        await self._wait(self._run_announced, "the final run to reach publication")
         releases = await _ok(await pub.get("/v1/releases", headers=self.a.h("ministry")))
         release = next((r for r in releases["items"] if any(v.get("run_id") == self.report.run_id for v in r["versions"])), None)
         if release is None:
