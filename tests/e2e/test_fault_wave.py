@@ -197,7 +197,7 @@ async def test_the_wave_survives_killed_consumers_and_a_broker_restart(tmp_path:
     async def start_broker() -> None:
         await asyncio.to_thread(rabbit_node.start)
         # Every service reconnects by itself: /readyz checks the database and the bus connection.
-        await asyncio.to_thread(procs.wait_ready, 90)
+        await asyncio.to_thread(procs.wait_ready, 180)
         seen["broker back at"] = round(time.monotonic() - started, 1)
 
     faults = {

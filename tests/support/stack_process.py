@@ -69,7 +69,8 @@ class StackProcess:
             self.cli("migrate")
             for name in self.urls:
                 self.spawn(name)
-            self.wait_ready(timeout=90)
+            # Five interpreters importing the stack at once take minutes on a saturated machine.
+            self.wait_ready(timeout=240)
             return
         else:
             # `python -m services stack` (what `make stack` runs): migrate, then five processes.
@@ -101,7 +102,7 @@ class StackProcess:
         self.procs.remove(proc)
         return code
 
-    def restart(self, name: str, timeout: float = 90) -> None:
+    def restart(self, name: str, timeout: float = 180) -> None:
         """Start a killed service again and wait until it answers ``/readyz``."""
         assert name not in self.by_name, f"{name} is still running"
         self.spawn(name)
