@@ -95,11 +95,20 @@ async def play(cfg: DemoConfig, mode: str, workdir: Path) -> Report:
         keys = {n: k.key for (n, *_), k in zip(wanted, issued)}
         async with http_actors(urls, keys) as actors:
             return await Scenario(cfg, actors, _Stages(mode)).play()
+    except BaseException as exc:
+        print(f"  [{mode}] the wave failed: {exc!r}; logs in {workdir}", flush=True)
+        raise
     finally:
         with contextlib.suppress(Exception):
             await asyncio.to_thread(procs.stop)
         if services:
-            await drop_schemas(DATABASE_URL, platform.schema_prefix, SERVICE_NAMES)
+            for attempt in range(5):  # a service process still closing can deadlock DROP SCHEMA
+                try:
+                    await drop_schemas(DATABASE_URL, platform.schema_prefix, SERVICE_NAMES)
+                    break
+                except Exception as exc:
+                    print(f"  dropping the benchmark's schemas failed ({exc.__class__.__name__}); retrying", flush=True)
+                    await asyncio.sleep(5)
             bus = RabbitMQBus(BUS_URL, exchange=platform.exchange)
             await bus.start()
             try:
