@@ -5,15 +5,15 @@ Five ``python -m services serve`` processes on PostgreSQL and a throwaway Rabbit
 While Vietnam Post's batches are coming in, three things go wrong, each at a point where events
 are in flight:
 
-1. right after the first round's answers are pushed (survey's relay is publishing
-   ``response.submitted`` and verification is screening them), verification is killed with
-   SIGKILL and started again;
-2. as the second round (the replacement forms) starts, with round 1's events still travelling,
-   the broker stops; the round's first status batch is pushed while it is down (its events wait
-   in survey's outbox); then it starts again on the same port and folder, and every service
-   reconnects on its own (``/readyz`` of all five, which checks the bus connection, is the proof);
-3. right after the second round's answers are pushed (verification is accepting them and
-   indexing consumes the decisions), indexing is killed with SIGKILL and started again.
+1. right after round 1's refusals and unreachable units are reported (survey's relay is
+   publishing ``form.status_changed`` and ``replacement.requested``; verification is consuming),
+   verification is killed with SIGKILL and started again;
+2. right after round 2's replacement forms are dispatched, the broker stops; the round's outcomes
+   are pushed while it is down (their events wait in survey's outbox); then it starts again on
+   the same port and folder, and every service reconnects on its own (``/readyz`` of all five,
+   which checks the bus connection, is the proof);
+3. right after the answers are pushed (verification is screening them and indexing consumes the
+   decisions), indexing is killed with SIGKILL and started again.
 
 Then the wave is finished as usual. What must hold, against an embedded run of the same seed:
 the published figures are identical, and so are the counts at every stage (frame records,
@@ -55,38 +55,25 @@ Fault = Callable[[], Awaitable[None]]
 
 
 class FaultyScenario(Scenario):
-    """The demo scenario with faults injected at points of Vietnam Post's field rounds, keyed by
-    (point, round): ``("round", n)`` before the n-th round's batches, ``("status", n)`` right
-    after its first status batch, ``("answers", n)`` right after its answers were pushed (the
-    moment survey's relay is publishing them and verification and indexing are consuming).
-    It hooks the scenario's round and batch steps only, so the scenario can change inside."""
+    """The demo scenario with faults injected right after Vietnam Post's n-th batch call of a
+    kind: ``("status", n)`` after the n-th status push (dispatches, refusals, unreachable),
+    ``("answers", n)`` after the n-th answers push; at those moments survey's relay is publishing
+    and the consumers downstream are working. It hooks ``_batches`` only, so the scenario can
+    reorganise its rounds; a fault whose point never comes fails the test."""
 
     def __init__(self, *args, faults: dict[tuple[str, int], Fault], **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.faults = dict(faults)
         self.injected: list[tuple[str, int]] = []
-        self.round = 0
-        self._status_seen = False
-
-    async def _fault(self, point: tuple[str, int]) -> None:
-        fault = self.faults.pop(point, None)
-        if fault is not None:
-            await fault()
-            self.injected.append(point)
-
-    async def _field_round(self, *args, **kwargs):
-        self.round += 1
-        self._status_seen = False
-        await self._fault(("round", self.round))
-        return await super()._field_round(*args, **kwargs)
+        self.calls: dict[str, int] = {}
 
     async def _batches(self, kind: str, name: str, records: list[dict], *args, **kwargs) -> None:
         await super()._batches(kind, name, records, *args, **kwargs)
-        if kind == "status" and not self._status_seen:
-            self._status_seen = True
-            await self._fault(("status", self.round))
-        elif kind == "answers":
-            await self._fault(("answers", self.round))
+        self.calls[kind] = self.calls.get(kind, 0) + 1
+        fault = self.faults.pop((kind, self.calls[kind]), None)
+        if fault is not None:
+            await fault()
+            self.injected.append((kind, self.calls[kind]))
 
 
 @pytest.fixture
@@ -200,11 +187,13 @@ async def test_the_wave_survives_killed_consumers_and_a_broker_restart(tmp_path:
         await asyncio.to_thread(procs.wait_ready, 180)
         seen["broker back at"] = round(time.monotonic() - started, 1)
 
+    # Round 1's refusals and unreachable units are reported (status pushes 1 and 2), round 2's
+    # replacements are dispatched (push 3) and reported (push 4), the answers come in (answers 1).
     faults = {
-        ("answers", 1): lambda: kill_and_restart("verification"),
-        ("round", 2): stop_broker,  # round 2's first batches are pushed while the broker is down
-        ("status", 2): start_broker,
-        ("answers", 2): lambda: kill_and_restart("indexing"),
+        ("status", 2): lambda: kill_and_restart("verification"),
+        ("status", 3): stop_broker,  # round 2's outcomes are pushed while the broker is down
+        ("status", 4): start_broker,
+        ("answers", 1): lambda: kill_and_restart("indexing"),
     }
     try:
         await asyncio.to_thread(procs.start, "each")
