@@ -90,7 +90,7 @@ async def test_five_processes_on_postgresql_and_rabbitmq_publish_what_the_embedd
     with mock.patch.dict(os.environ, env):
         platform = PlatformSettings()
     try:
-        procs.start("separate")
+        procs.start("each")  # five `serve` processes after `migrate`; waits 240 s for a busy machine
         from services.keys import issue_many
 
         issued = await issue_many(platform, [(role, f"e2e {name}", p) for name, role, p in wanted_keys()])
