@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared.observability import CORRELATION_HEADER, current_correlation_id
@@ -87,6 +88,26 @@ _STATUS_PROBLEMS: dict[int, type[Problem]] = {
 }
 
 
+# SQLSTATEs a client can retry: deadlock, serialization failure, lock not available, too many
+# connections, and SQLite's lock timeout (which has no SQLSTATE, only its message).
+TRANSIENT_SQLSTATES = {"40P01", "40001", "55P03", "53300"}
+TRANSIENT_MESSAGES = ("database is locked", "deadlock detected", "could not serialize", "too many clients")
+
+
+def is_transient(exc: DBAPIError) -> bool:
+    """True for a database error that says "try again", not "this request is wrong".
+
+    The whole unit of work was rolled back, so a retry is safe: answering 503 with Retry-After
+    instead of 500 tells Vietnam Post's systems and the portals to send the same request again.
+    """
+    orig = exc.orig
+    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    if code in TRANSIENT_SQLSTATES:
+        return True
+    text = str(orig).lower() if orig is not None else ""
+    return any(m in text for m in TRANSIENT_MESSAGES)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem) -> JSONResponse:
@@ -109,6 +130,17 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 405:
             cls = _problem_class("method-not-allowed", 405, "Method not allowed")
         return problem_response(cls(detail, headers=dict(exc.headers or {})), request)
+
+    @app.exception_handler(DBAPIError)
+    async def _database(request: Request, exc: DBAPIError) -> JSONResponse:
+        if not is_transient(exc):
+            return await _unexpected(request, exc)
+        log.warning("transient database error on %s %s: %s", request.method, request.url.path,
+                    str(exc.orig).splitlines()[0][:200] if exc.orig is not None else type(exc).__name__)
+        return problem_response(Unavailable(
+            "The database was busy with a conflicting change (lock, deadlock or connection limit); "
+            "nothing was stored by this request. Retry after the given seconds.",
+            reason="database_busy", headers={"Retry-After": "1"}), request)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
