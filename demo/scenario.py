@@ -591,12 +591,42 @@ def summary_counts(report: Report) -> Counter:
     return Counter(report.counts)
 
 
+class RetryBusy(httpx.AsyncBaseTransport):
+    """Send a request again when a service answers 503 with Retry-After (its database was busy:
+    a deadlock, a lock wait, no free connection — nothing was stored) or the connection dropped,
+    as Vietnam Post's and the portals' systems are expected to. Every request the actors send is
+    idempotent (batch ids, one outcome per form), so a retry never doubles an effect."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, attempts: int = 8) -> None:
+        self.inner = inner
+        self.attempts = attempts
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        for attempt in range(1, self.attempts + 1):
+            try:
+                response = await self.inner.handle_async_request(request)
+            except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError):
+                if attempt == self.attempts:
+                    raise
+                await asyncio.sleep(min(0.5 * attempt, 5.0))
+                continue
+            if response.status_code != 503 or "Retry-After" not in response.headers or attempt == self.attempts:
+                return response
+            await response.aread()
+            await response.aclose()
+            await asyncio.sleep(min(float(response.headers["Retry-After"]) * attempt, 10.0))
+        raise AssertionError("unreachable")
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
 @contextlib.asynccontextmanager
 async def http_actors(urls: dict[str, str], keys: dict[str, str], transports: dict[str, Any] | None = None):
     """Clients for the five services: real URLs, or in-process ASGI transports (tests)."""
     clients = {
         name: httpx.AsyncClient(base_url=urls[name], timeout=300.0,
-                                transport=(transports or {}).get(name))
+                                transport=RetryBusy((transports or {}).get(name) or httpx.AsyncHTTPTransport()))
         for name in SERVICES
     }
     try:

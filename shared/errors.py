@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared.observability import CORRELATION_HEADER, current_correlation_id
@@ -140,6 +141,14 @@ def install_error_handlers(app: FastAPI) -> None:
         return problem_response(Unavailable(
             "The database was busy with a conflicting change (lock, deadlock or connection limit); "
             "nothing was stored by this request. Retry after the given seconds.",
+            reason="database_busy", headers={"Retry-After": "1"}), request)
+
+    @app.exception_handler(PoolTimeout)
+    async def _pool(request: Request, exc: PoolTimeout) -> JSONResponse:
+        log.warning("no free database connection on %s %s", request.method, request.url.path)
+        return problem_response(Unavailable(
+            "Every database connection of this service stayed busy for the pool's wait; nothing was "
+            "stored by this request. Retry after the given seconds.",
             reason="database_busy", headers={"Retry-After": "1"}), request)
 
     @app.exception_handler(Exception)

@@ -108,3 +108,25 @@ async def test_postgresql_deadlock_is_a_503_with_retry_after():
         async with engine.begin() as conn:
             await conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
         await engine.dispose()
+
+
+async def test_no_free_pooled_connection_is_a_503(tmp_path):
+    """A service whose pool stays busy (its consumers hold every connection) answers 503, not 500."""
+    from sqlalchemy.pool import AsyncAdaptedQueuePool
+
+    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'p.db'}", poolclass=AsyncAdaptedQueuePool,
+                                 pool_size=1, max_overflow=0, pool_timeout=0.05)
+
+    async def read():
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+        return {"ok": True}
+
+    try:
+        async with engine.connect() as held:  # the only connection
+            await held.execute(text("SELECT 1"))
+            r = await _post(_app(read))
+        assert r.status_code == 503 and r.json()["reason"] == "database_busy", r.text
+        assert (await _post(_app(read))).status_code == 200
+    finally:
+        await engine.dispose()
