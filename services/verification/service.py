@@ -18,7 +18,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from prometheus_client import Counter as MetricCounter
-from sqlalchemy import Table, func, select
+from sqlalchemy import Table, func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -753,6 +753,13 @@ async def record_outcome(
     wave = await get_wave(session, wave_id)
     form = await session.scalar(select(Form).where(Form.wave_id == wave_id, Form.form_code == form_code))
     check = await session.scalar(select(BackCheck).where(BackCheck.wave_id == wave_id, BackCheck.form_code == form_code))
+    if check is not None and check.enumerator_id and session.bind.dialect.name == "postgresql":
+        # Outcomes of one enumerator's forms may escalate that enumerator (all their forms onto
+        # the list, denied ones voided): two at once locked the same rows in different orders and
+        # deadlocked. One transaction lock per (wave, enumerator), taken before any row lock,
+        # makes them queue instead. SQLite runs one writer at a time and needs none.
+        await session.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
+                              {"key": f"back_check|{wave_id}|{check.enumerator_id}"})
     if form is not None:  # voiding and escalation change the form: serialise with reviews
         form = await session.scalar(
             select(Form).where(Form.id == form.id).with_for_update().execution_options(populate_existing=True)

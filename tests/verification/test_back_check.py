@@ -266,3 +266,30 @@ async def test_two_concurrent_outcomes_for_one_form_one_wins_the_other_is_a_conf
     assert item["outcome"] == winner.json()["back_check"]["outcome"]
     f = await wave.form(code, ministry)
     assert f["form"]["voided"] is (item["outcome"] == "denied")
+
+
+async def test_concurrent_denials_of_one_enumerators_forms_escalate_once_and_void_each(stack, clients):
+    """Teams record outcomes in parallel. Denials of one enumerator's forms arriving at once each
+    may escalate that enumerator; on PostgreSQL they once deadlocked (a 500). They must all be
+    recorded, the enumerator escalated exactly once, and every denied form voided."""
+    import asyncio
+
+    ministry = await clients.key("ministry")
+    team = await clients.key("province", "01")
+    wave, units = await _collected_wave(stack, clients, ministry, {"E7": 10})
+    await _draw(clients, wave, team)
+    first = [i["form_code"] for i in (await _list(clients, wave, team, with_contacts=False))["items"]]
+    assert len(first) >= 2
+    results = await asyncio.gather(*(_outcome(clients, wave, code, team, "denied") for code in first))
+    assert [r.status_code for r in results] == [200] * len(first), [r.text for r in results]
+    assert sum(r.json()["enumerator_escalated"] for r in results) == 1
+    # Then the whole escalated list, all at once again.
+    rest = [i["form_code"] for i in (await _list(clients, wave, team, with_contacts=False))["items"]
+            if i["outcome"] is None]
+    assert len(rest) == 10 - len(first)
+    results = await asyncio.gather(*(_outcome(clients, wave, code, team, "denied") for code in rest))
+    assert [r.status_code for r in results] == [200] * len(rest), [r.text for r in results]
+    accepted = accepted_set(await decisions(stack, wave.wave_id))
+    assert not accepted & {wave.form_code(u) for u in units["E7"]}
+    audit = (await clients.verification.get(f"/v1/waves/{wave.wave_id}/audit?limit=1000", headers=ministry)).json()
+    assert [e["action"] for e in audit["items"]].count("back_check.escalate") == 1
