@@ -220,7 +220,7 @@ async def push_answers(body: AnswerBatch, request: Request, principal: VnPost) -
     async with unit_of_work(request) as session:
         result, replayed = await vnpost.push_answers(
             request.app, session, request.app.state.tables, principal, body.batch_id, body.wave_id,
-            records, digest, legacy_digest=lambda: F.content_hash(body.model_dump(mode="json")))
+            records, digest)
     return {**result, "replayed": replayed}
 
 

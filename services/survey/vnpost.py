@@ -14,7 +14,7 @@ transaction, so the second push waits on its key and then replays the first one'
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI
@@ -60,13 +60,9 @@ def answer_batch_digest(batch_id: str, wave_id: str, records: list[dict]) -> str
 
 async def claim_batch(
     session: AsyncSession, principal: Principal, batch_id: str, kind: str, wave_id: str, body_hash: str,
-    legacy_hash: Callable[[], str] | None = None,
 ) -> dict | None:
     """Insert the batch row (first write of the transaction). Returns the stored result when the
-    batch was received before (a replay), None when this request owns it. ``legacy_hash``
-    gives the digest the previous release stored for this kind of batch (the whole body's
-    canonical JSON): a batch stored before the upgrade and sent again after it is still a
-    replay, not a conflict."""
+    batch was received before (a replay), None when this request owns it."""
     inserted = await session.execute(
         _insert(session, vnpost_batch)
         .values(batch_id=batch_id, kind=kind, owner_key_id=principal.key_id, wave_id=wave_id,
@@ -78,8 +74,7 @@ async def claim_batch(
     row = (await session.execute(select(vnpost_batch).where(vnpost_batch.c.batch_id == batch_id))).mappings().one()
     if row["owner_key_id"] != principal.key_id:
         raise Forbidden(f"Batch {batch_id} was sent with another key; batch ids belong to the key that sent them.")
-    same = row["body_hash"] == body_hash or (legacy_hash is not None and row["body_hash"] == legacy_hash())
-    if not same or row["kind"] != kind:
+    if row["body_hash"] != body_hash or row["kind"] != kind:
         raise Conflict(f"Batch {batch_id} was received before with a different body; use a new batch id.",
                        batch_id=batch_id)
     return dict(row["result"])
@@ -161,11 +156,11 @@ async def push_statuses(
 
 async def push_answers(
     app: FastAPI, session: AsyncSession, tables: dict, principal: Principal, batch_id: str, wave_id: str,
-    records: list[dict], body_hash: str, legacy_digest: Callable[[], str] | None = None,
+    records: list[dict], body_hash: str,
 ) -> tuple[dict, bool]:
     """Apply an answer batch. Returns (result, replayed). ``records`` may carry ``answers_hash``
     (from ``answer_batch_digest``), so the answers are not hashed twice."""
-    stored = await claim_batch(session, principal, batch_id, "answers", wave_id, body_hash, legacy_digest)
+    stored = await claim_batch(session, principal, batch_id, "answers", wave_id, body_hash)
     if stored is not None:
         return stored, True
     await F.lock_wave(session, wave_id)  # wave before forms, like every writer (forms.lock_form)
