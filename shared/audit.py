@@ -24,20 +24,24 @@ async def record(
     reason: str | None = None,
     details: dict[str, Any] | None = None,
 ) -> None:
-    """Write an audit entry in the caller's transaction (no change without its entry)."""
+    """Write an audit entry in the caller's transaction (no change without its entry).
+
+    The row goes as parameters of a plain ``INSERT`` (compiled once and cached), not through
+    ``.values(...)``, which builds a new statement per call: consumers write one per event."""
     await session.execute(
-        table.insert().values(
-            at=utcnow(),
-            actor=principal.actor if principal else "system",
-            role=principal.role.value if principal else "system",
-            action=action,
-            entity=entity,
-            entity_id=entity_id,
-            wave_id=wave_id,
-            reason=reason,
-            details=details,
-            correlation_id=current_correlation_id(),
-        )
+        table.insert(),
+        {
+            "at": utcnow(),
+            "actor": principal.actor if principal else "system",
+            "role": principal.role.value if principal else "system",
+            "action": action,
+            "entity": entity,
+            "entity_id": entity_id,
+            "wave_id": wave_id,
+            "reason": reason,
+            "details": details,
+            "correlation_id": current_correlation_id(),
+        },
     )
 
 

@@ -98,6 +98,16 @@ def create_engine(url: str, *, schema: str | None = None, echo: bool = False) ->
     )
 
 
+def insert_for(session: AsyncSession | str, table: Any):
+    """The backend's own INSERT construct (for ``ON CONFLICT``, which both backends have but the
+    generic ``insert`` does not expose). Takes a session or a dialect name (for statements
+    built once per dialect and cached)."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    dialect = session if isinstance(session, str) else (session.bind.dialect.name if session.bind else "sqlite")
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+
+
 def is_postgres(engine: AsyncEngine) -> bool:
     return engine.dialect.name == "postgresql"
 

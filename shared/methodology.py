@@ -18,10 +18,8 @@ See docs/method/questionnaire.md.
 from __future__ import annotations
 
 import functools
-import json
 import unicodedata
-from collections.abc import Callable, Iterator, Mapping
-from pathlib import Path
+from collections.abc import Iterator, Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -23,32 +24,34 @@ from typing import Any
 from sqlalchemy import Table, func, select, update
 from sqlalchemy import event as sa_event
 from sqlalchemy.orm import Session
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.bus import EventBus
-from shared.db import utcnow
+from shared.db import insert_for, utcnow
 from shared.events import EventData, Envelope, make_event
 from shared.observability import EVENTS_PUBLISHED, reset_correlation_id, set_correlation_id
 
 log = logging.getLogger("sipas.outbox")
 
 
-def _insert(session: AsyncSession, table: Table):
-    dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
-    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+@functools.lru_cache(maxsize=16)
+def _inbox_insert(dialect: str, inbox: Table):
+    """``INSERT ... ON CONFLICT DO NOTHING RETURNING event_id`` into the inbox, built once:
+    constructing the statement cost more than running it, on every event."""
+    return insert_for(dialect, inbox).on_conflict_do_nothing(index_elements=["consumer", "event_id"]).returning(inbox.c.event_id)
 
 
 async def add_event(session: AsyncSession, outbox: Table, data: EventData) -> Envelope:
     """Stage an event in the caller's transaction; it is published only if that commits."""
     envelope = make_event(data)
     await session.execute(
-        outbox.insert().values(
-            event_id=str(envelope.id),
-            type=envelope.type,
-            envelope=envelope.model_dump(mode="json"),
-            created_at=utcnow(),
-        )
+        outbox.insert(),  # parameters, not .values(): compiled once, not built per event
+        {
+            "event_id": str(envelope.id),
+            "type": envelope.type,
+            "envelope": envelope.model_dump(mode="json"),
+            "created_at": utcnow(),
+        },
     )
     notify = session.info.get("outbox_notify")
     if notify is not None:
@@ -58,6 +61,9 @@ async def add_event(session: AsyncSession, outbox: Table, data: EventData) -> En
 
 class OutboxRelay:
     """Publishes outbox rows in order; one per service process.
+
+    A round hands the bus up to ``batch`` rows at once (``EventBus.publish_many``): RabbitMQ
+    confirms them together, and the in-process bus lets consumers take them as one batch.
 
     It polls (``poll_seconds``) and is also woken right after a commit that staged events, so the
     usual latency is a few milliseconds while a missed wake-up costs at most one poll interval.
@@ -126,21 +132,19 @@ class OutboxRelay:
             if session.bind.dialect.name == "postgresql":
                 query = query.with_for_update(skip_locked=True)
             rows = (await session.execute(query)).all()
-            done: list[int] = []
-            for seq, body in rows:
-                envelope = Envelope.model_validate(body)
-                try:
-                    await self.bus.publish(envelope)
-                except Exception as exc:  # broker down: keep the row, try again later
-                    await session.execute(
-                        update(self.outbox)
-                        .where(self.outbox.c.seq == seq)
-                        .values(attempts=self.outbox.c.attempts + 1, last_error=str(exc)[:500])
-                    )
-                    log.warning("publishing %s failed: %s", envelope.type, exc)
-                    break
-                done.append(seq)
+            envelopes = [Envelope.model_validate(body) for _, body in rows]
+            sent, error = await self.bus.publish_many(envelopes) if envelopes else (0, None)
+            done = [seq for seq, _ in rows[:sent]]
+            for envelope in envelopes[:sent]:
                 EVENTS_PUBLISHED.labels(self.service, envelope.type).inc()
+            if error is not None:  # broker down: keep the rest, try again later (in order)
+                seq = rows[sent][0]
+                await session.execute(
+                    update(self.outbox)
+                    .where(self.outbox.c.seq == seq)
+                    .values(attempts=self.outbox.c.attempts + 1, last_error=str(error)[:500])
+                )
+                log.warning("publishing %s failed: %s", envelopes[sent].type, error)
             if done:
                 await session.execute(
                     update(self.outbox).where(self.outbox.c.seq.in_(done)).values(published_at=utcnow())
@@ -163,13 +167,17 @@ class OutboxRelay:
 
 async def record_inbox(session: AsyncSession, inbox: Table, consumer: str, event: Envelope) -> bool:
     """Record that ``consumer`` handled ``event``; False if it already had."""
-    stmt = (
-        _insert(session, inbox)
-        .values(consumer=consumer, event_id=str(event.id), type=event.type, received_at=utcnow())
-        .on_conflict_do_nothing(index_elements=["consumer", "event_id"])
-    )
-    result = await session.execute(stmt)
-    return result.rowcount == 1
+    return bool(await record_inbox_many(session, inbox, consumer, [event]))
+
+
+async def record_inbox_many(session: AsyncSession, inbox: Table, consumer: str, events: list[Envelope]) -> set[str]:
+    """Record several events in one statement; return the ids that were new (the others were
+    handled before, or appear twice in ``events``)."""
+    now = utcnow()
+    rows = list({str(e.id): {"consumer": consumer, "event_id": str(e.id), "type": e.type, "received_at": now}
+                 for e in events}.values())
+    result = await session.execute(_inbox_insert(session.bind.dialect.name, inbox), rows)
+    return set(result.scalars())
 
 
 EffectFn = Callable[[AsyncSession, Any, Envelope], Awaitable[None]]
@@ -198,6 +206,32 @@ def idempotent_handler(
             reset_correlation_id(token)
 
     return handle
+
+
+def idempotent_batch_handler(
+    sessions: async_sessionmaker[AsyncSession], inbox: Table, consumer: str, effect: EffectFn
+) -> Callable[[list[Envelope]], Awaitable[None]]:
+    """``idempotent_handler`` for several events in one transaction: the same inbox rows and
+    effects, one commit. If any effect fails nothing is kept, and the bus falls back to the
+    per-event handler (``EventBus.handle_batch``)."""
+
+    async def handle_batch(events: list[Envelope]) -> None:
+        async with sessions() as session, session.begin():
+            new = await record_inbox_many(session, inbox, consumer, events)
+            for event in events:
+                key = str(event.id)
+                if key not in new:
+                    log.info("skipping %s %s: already handled", event.type, event.id)
+                    continue
+                new.discard(key)  # a second copy in the same batch is a redelivery too
+                token = set_correlation_id(event.correlation_id)
+                try:
+                    await effect(session, event.payload(), event)
+                finally:
+                    reset_correlation_id(token)
+        log.info("handled %d events", len(events), extra={"consumer": consumer})
+
+    return handle_batch
 
 
 def install_commit_hooks(sessions: async_sessionmaker[AsyncSession], notify: Callable[[], None]) -> None:

@@ -44,7 +44,7 @@ from shared.observability import (
     set_service,
 )
 from shared.peers import build_peers
-from shared.outbox import OutboxRelay, idempotent_handler, install_commit_hooks
+from shared.outbox import OutboxRelay, idempotent_batch_handler, idempotent_handler, install_commit_hooks
 from shared.settings import ServiceSettings
 from shared.tables import add_platform_tables
 
@@ -138,9 +138,15 @@ def build_app(spec: ServiceSpec, settings: ServiceSettings, *, bus: EventBus | N
         for hook in spec.on_startup:
             await hook(app)
         for consumer in spec.consumers:
-            handler = idempotent_handler(sessions, spec.tables["inbox"], consumer.name, consumer.effect)
+            inbox = spec.tables["inbox"]
             await the_bus.subscribe(
-                Subscription(queue_name(settings, consumer.name), consumer.patterns, handler, service=spec.name)
+                Subscription(
+                    queue_name(settings, consumer.name),
+                    consumer.patterns,
+                    idempotent_handler(sessions, inbox, consumer.name, consumer.effect),
+                    service=spec.name,
+                    batch_handler=idempotent_batch_handler(sessions, inbox, consumer.name, consumer.effect),
+                )
             )
         relay.start()
         # Everything built so far (app, routes, pydantic and SQLAlchemy metadata, the driver)

@@ -17,10 +17,9 @@ from sqlalchemy import Column, Date, Integer, MetaData, String, Table, func, sel
 
 from shared.auth import Principal, current_principal, ensure_province_visible, SCOPED_ROLES
 from shared.contracts.sampling import WaveScope, WaveStatus
-from shared.db import UTCDateTime
+from shared.db import UTCDateTime, insert_for
 from shared.events import Envelope
 from shared.errors import NotFound
-from shared.outbox import _insert
 
 WAVE_EVENTS = ["sipas.sampling.wave.#"]
 
@@ -50,7 +49,7 @@ def wave_replica_effect(table: Table):
     async def effect(session, payload, envelope: Envelope) -> None:
         values = payload.model_dump(exclude={"wave_id"})
         values.update(id=str(payload.wave_id), source_time=envelope.time, received_at=dt.datetime.now(dt.UTC))
-        stmt = _insert(session, table).values(**values)
+        stmt = insert_for(session, table).values(**values)
         stmt = stmt.on_conflict_do_update(
             index_elements=["id"],
             set_={k: stmt.excluded[k] for k in values if k != "id"},

@@ -18,8 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from sqlalchemy import and_, delete, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import and_, bindparam, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.indexing import compute
@@ -38,7 +37,7 @@ from shared.auth import Principal, Role, ensure_province_visible
 from shared.contracts.indexing import IndexRunCompleted
 from shared.contracts.sampling import SampleDrawn
 from shared.contracts.verification import ResponseAccepted, ResponseRejected
-from shared.db import utcnow
+from shared.db import insert_for, utcnow
 from shared.errors import InvalidState, NotFound
 from shared.methodology import Methodology
 from shared.outbox import add_event
@@ -50,8 +49,6 @@ MERGER_DATE = dt.date(2025, 7, 1)
 _ITEM_KEY = re.compile(r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$")
 
 
-def _insert(session: AsyncSession, table):
-    return (postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert)(table)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -64,6 +61,17 @@ def _payload_hash(payload: Any) -> str:
     return hashlib.sha256(body.encode()).hexdigest()
 
 
+@functools.lru_cache(maxsize=4)
+def _decision_statements(dialect: str) -> tuple[Any, Any, Any]:
+    """``apply_decision``'s read, insert and update, built once per dialect and run with
+    parameters: building them per event cost more than running them."""
+    where = (form_decision.c.wave_id == bindparam("k_wave"), form_decision.c.form_code == bindparam("k_form"))
+    held = select(form_decision).where(*where)
+    if dialect == "postgresql":
+        held = held.with_for_update()
+    return held, form_decision.insert(), update(form_decision).where(*where)
+
+
 async def apply_decision(session: AsyncSession, payload: ResponseAccepted | ResponseRejected) -> str:
     """Make a decision the form's current state if it is newer than what we hold.
 
@@ -74,10 +82,9 @@ async def apply_decision(session: AsyncSession, payload: ResponseAccepted | Resp
     the difference between the old and the new state, so the cost is one form's answers.
     """
     wave_id, form_code = str(payload.wave_id), payload.form_code
-    query = select(form_decision).where(form_decision.c.wave_id == wave_id, form_decision.c.form_code == form_code)
-    if session.bind.dialect.name == "postgresql":
-        query = query.with_for_update()
-    old = (await session.execute(query)).mappings().first()
+    held, insert, change = _decision_statements(session.bind.dialect.name)
+    key = {"k_wave": wave_id, "k_form": form_code}
+    old = (await session.execute(held, key)).mappings().first()
     digest = _payload_hash(payload)
     if old is not None:
         if old["decision_version"] > payload.decision_version:
@@ -106,13 +113,9 @@ async def apply_decision(session: AsyncSession, payload: ResponseAccepted | Resp
         values.update({f: None for f in design_fields})
         values["answers"] = None
     if old is None:
-        await session.execute(form_decision.insert().values(wave_id=wave_id, form_code=form_code, **values))
+        await session.execute(insert, {"wave_id": wave_id, "form_code": form_code, **values})
     else:
-        await session.execute(
-            update(form_decision)
-            .where(form_decision.c.wave_id == wave_id, form_decision.c.form_code == form_code)
-            .values(**values)
-        )
+        await session.execute(change, {**key, **values})
     if old is not None and old["status"] == "accepted":
         await _add_provisional(session, wave_id, old, sign=-1)
     if accepted:
@@ -138,8 +141,29 @@ def _is_item_key(code: str) -> bool:
     return bool(_ITEM_KEY.match(code))
 
 
+@functools.lru_cache(maxsize=4)
+def _provisional_upserts(dialect: str) -> tuple[Any, Any]:
+    """The two upserts of ``_add_provisional``, built once per dialect: executed with a list of
+    rows (executemany), the statement is compiled once instead of once per form — building a
+    22-row multi-VALUES statement was most of a decision's cost."""
+    cells = insert_for(dialect, provisional_sum)
+    cols = [f"w{c}" for c in range(1, 6)] + [f"c{c}" for c in range(1, 6)]
+    cells = cells.on_conflict_do_update(
+        index_elements=["wave_id", "stratum", "province_code", "level", "field", "item"],
+        set_={c: provisional_sum.c[c] + cells.excluded[c] for c in cols},
+    )
+    strata = insert_for(dialect, provisional_stratum)
+    strata = strata.on_conflict_do_update(
+        index_elements=["wave_id", "stratum"],
+        set_={"sum_w": provisional_stratum.c.sum_w + strata.excluded.sum_w,
+              "forms": provisional_stratum.c.forms + strata.excluded.forms},
+    )
+    return cells, strata
+
+
 async def _add_provisional(session: AsyncSession, wave_id: str, form: Mapping[str, Any], sign: int) -> None:
     (stratum, province, level, field), items = provisional_contribution(form)
+    cells, strata = _provisional_upserts(session.bind.dialect.name)
     if items:
         rows = []
         for item, (v, w) in sorted(items.items()):
@@ -149,21 +173,9 @@ async def _add_provisional(session: AsyncSession, wave_id: str, form: Mapping[st
                 row[f"w{code}"] = sign * w if code == v else 0.0
                 row[f"c{code}"] = sign if code == v else 0
             rows.append(row)
-        stmt = _insert(session, provisional_sum).values(rows)
-        cols = [f"w{c}" for c in range(1, 6)] + [f"c{c}" for c in range(1, 6)]
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["wave_id", "stratum", "province_code", "level", "field", "item"],
-            set_={c: provisional_sum.c[c] + stmt.excluded[c] for c in cols},
-        )
-        await session.execute(stmt)
-    stmt = _insert(session, provisional_stratum).values(
-        wave_id=wave_id, stratum=stratum, sum_w=sign * float(form["weight"]), forms=sign)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["wave_id", "stratum"],
-        set_={"sum_w": provisional_stratum.c.sum_w + stmt.excluded.sum_w,
-              "forms": provisional_stratum.c.forms + stmt.excluded.forms},
-    )
-    await session.execute(stmt)
+        await session.execute(cells, rows)
+    await session.execute(strata, [{"wave_id": wave_id, "stratum": stratum, "sum_w": sign * float(form["weight"]),
+                                    "forms": sign}])
 
 
 async def apply_sample_drawn(session: AsyncSession, payload: SampleDrawn) -> None:
@@ -174,7 +186,7 @@ async def apply_sample_drawn(session: AsyncSession, payload: SampleDrawn) -> Non
     await session.execute(delete(stratum_frame).where(stratum_frame.c.wave_id == wave_id,
                                                       stratum_frame.c.draw_id != draw_id))
     for s in payload.strata:
-        stmt = _insert(session, stratum_frame).values(wave_id=wave_id, stratum=s.stratum, draw_id=draw_id,
+        stmt = insert_for(session, stratum_frame).values(wave_id=wave_id, stratum=s.stratum, draw_id=draw_id,
                                                       population=s.population, n=s.n)
         stmt = stmt.on_conflict_do_update(index_elements=["wave_id", "stratum"],
                                           set_={"draw_id": draw_id, "population": s.population, "n": s.n})

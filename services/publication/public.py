@@ -35,7 +35,6 @@ from services.publication.schemas import (
     WaveFacts,
 )
 from services.publication.service import visible
-from shared.db import utcnow
 from shared.errors import BadRequest, NotFound
 
 # Bump when the serialisation of computed bodies changes: their ETags change with it, so a

@@ -35,7 +35,8 @@ from shared.auth import Principal
 from shared.contracts.publication import ReleasePublished
 from shared.db import utcnow
 from shared.errors import Conflict, InvalidState, NotFound
-from shared.outbox import _insert, add_event
+from shared.db import insert_for
+from shared.outbox import add_event
 from shared.peers import call
 
 RELEASED = "released"
@@ -69,7 +70,7 @@ def canonical_hash(content: Any) -> str:
 
 async def record_run(session: AsyncSession, table: Table, payload: Any) -> None:
     """Remember a completed run; a redelivered or repeated announcement changes nothing."""
-    stmt = _insert(session, table).values(
+    stmt = insert_for(session, table).values(
         run_id=str(payload.run_id),
         wave_id=str(payload.wave_id),
         kind=payload.kind,
@@ -404,7 +405,7 @@ async def queue_deliveries(session: AsyncSession, tables: dict[str, Table], row:
             correction_reason=row["correction_reason"],
             url=f"/v1/public/releases/{row['release_id']}?version={row['version']}",
         )
-        stmt = _insert(session, d).values(
+        stmt = insert_for(session, d).values(
             id=delivery_id, webhook_id=hook_id, version_id=row["id"], event=payload.event,
             payload=payload.model_dump(mode="json"), status="pending", attempts=0, next_attempt_at=now, created_at=now,
         ).on_conflict_do_nothing(index_elements=["webhook_id", "version_id"])

@@ -23,7 +23,7 @@ from services.survey.models import correction, form, form_history, response
 from shared.contracts.survey import ResponseSubmitted
 from shared.db import utcnow
 from shared.methodology import Methodology
-from shared.outbox import _insert
+from shared.db import insert_for
 
 log = logging.getLogger("sipas.survey.corrections")
 
@@ -45,7 +45,7 @@ async def request_correction(session: AsyncSession, tables: dict, payload: Any) 
         return
     seq = await F.allocate_changes(session, row["wave_id"], 1)
     inserted = await session.execute(
-        _insert(session, correction)
+        insert_for(session, correction)
         .values(
             form_id=row["id"], wave_id=row["wave_id"], response_id=current.id, revision=payload.revision,
             reason_codes=list(payload.reason_codes), items=list(payload.items), requested_at=payload.requested_at,

@@ -32,7 +32,7 @@ from shared.db import utcnow
 from shared.events import SPEC_VERSION, EventData
 from shared.observability import current_correlation_id
 from shared.errors import InvalidState, NotFound
-from shared.outbox import _insert
+from shared.db import insert_for
 
 STATUSES = ("assigned", "dispatched", "collected", "refused", "unreachable", "ineligible", "replaced")
 # assigned → dispatched → collected | refused | unreachable | ineligible, then replaced. A form
@@ -238,7 +238,7 @@ async def _lock_wave(session: AsyncSession, wave_id: str, *, serials: int = 0, c
             raise LookupError(f"wave {wave_id} is not known to the survey service yet")
         for candidate in prefix_candidates(replica.code, replica.year):
             claim = (
-                _insert(session, wave_counter)
+                insert_for(session, wave_counter)
                 .values(wave_id=wave_id, prefix=candidate, next_serial=0, change_seq=0)
                 .on_conflict_do_nothing()
             )

@@ -30,7 +30,7 @@ from shared.contracts.survey import ResponseSubmitted
 from shared.db import utcnow
 from shared.errors import Conflict, Forbidden, InvalidState, NotFound
 from shared.methodology import Methodology
-from shared.outbox import _insert
+from shared.db import insert_for
 
 MAX_BATCH = 5000
 # A 5,000-form answer batch is about 5 MB of JSON; anything far above is refused before parsing.
@@ -64,7 +64,7 @@ async def claim_batch(
     """Insert the batch row (first write of the transaction). Returns the stored result when the
     batch was received before (a replay), None when this request owns it."""
     inserted = await session.execute(
-        _insert(session, vnpost_batch)
+        insert_for(session, vnpost_batch)
         .values(batch_id=batch_id, kind=kind, owner_key_id=principal.key_id, wave_id=wave_id,
                 body_hash=body_hash, result={}, received_at=utcnow())
         .on_conflict_do_nothing(index_elements=["batch_id"])

@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from services.verification import contacts, reports, service
-from services.verification.models import BackCheck, BackCheckDraw, Decision, Form, FormHistory
+from services.verification.models import BackCheckDraw, Decision, Form, FormHistory
 from services.verification.models import Response as ResponseRow
 from services.verification.schemas import (
     AuditEntry,
@@ -40,7 +40,7 @@ from services.verification.schemas import (
     RerunSummary,
 )
 from shared import audit
-from shared.auth import KEY_HEADER, CurrentPrincipal, Principal, Role, SCOPED_ROLES, ensure_province_visible, require_roles
+from shared.auth import KEY_HEADER, Principal, Role, SCOPED_ROLES, ensure_province_visible, require_roles
 from shared.errors import Conflict
 from shared.methodology import fetch_methodology
 from shared.service import read_session, unit_of_work

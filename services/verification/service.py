@@ -11,6 +11,7 @@ sends a form back (``sent_back``) until survey resubmits it with a higher revisi
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import secrets
 import uuid
 from collections import Counter, defaultdict
@@ -18,8 +19,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from prometheus_client import Counter as MetricCounter
-from sqlalchemy import Table, func, select, text
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Table, bindparam, func, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.verification import screening
@@ -38,11 +38,11 @@ from services.verification.models import (
 )
 from services.verification.schemas import DrawRequest, OutcomeRecord, ReviewAction, ScreeningParametersUpdate
 from shared import audit
-from shared.auth import Principal, Role, SCOPED_ROLES, ensure_province_visible, ensure_province_writable
+from shared.auth import Principal, SCOPED_ROLES, ensure_province_visible, ensure_province_writable
 from shared.contracts.sampling import SampleDrawn, SampledUnit, UnitReplaced
 from shared.contracts.survey import DataEntryCompared, FormStatusChanged, ResponseSubmitted
 from shared.contracts.verification import CorrectionRequested, ResponseAccepted, ResponseRejected
-from shared.db import utcnow
+from shared.db import insert_for, utcnow
 from shared.errors import BadRequest, Conflict, InvalidState, NotFound
 from shared.methodology import Methodology, fetch_methodology
 from shared.outbox import add_event
@@ -56,9 +56,19 @@ DECISIONS = MetricCounter(
 # Field statuses that mean the form left the office (counted as dispatched).
 DISPATCHED_STATUSES = {"dispatched", "collected", "refused", "unreachable", "ineligible"}
 
+# Lookups on the per-event path, built once with bind parameters: constructing a select per
+# event cost more than running it (python -m bench.verification's consumer figures).
+_WAVE_METHOD = select(wave_table.c.methodology_version).where(wave_table.c.id == bindparam("wave_id"))
+_RESPONSE = select(Response).where(Response.response_id == bindparam("response_id"),
+                                   Response.revision == bindparam("revision"))
+_SAMPLE_UNIT = select(SampleUnit).where(SampleUnit.wave_id == bindparam("wave_id"),
+                                        SampleUnit.unit_id == bindparam("unit_id"))
+_FORM = (select(Form).where(Form.wave_id == bindparam("wave_id"), Form.form_code == bindparam("form_code"))
+         .execution_options(populate_existing=True))
+_ESCALATED = select(EnumeratorEscalation.id).where(EnumeratorEscalation.wave_id == bindparam("wave_id"),
+                                                   EnumeratorEscalation.enumerator_id == bindparam("enumerator_id"))
 
-def _insert(session: AsyncSession, table: Table):
-    return (postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert)(table)
+
 
 
 # ---------------------------------------------------------------------- waves and parameters
@@ -79,7 +89,7 @@ def ensure_open(wave: dict[str, Any]) -> None:
 async def methodology_for(app: FastAPI, session: AsyncSession, wave_id: str, fallback: str | None = None) -> Methodology:
     """The wave's methodology version (over HTTP from survey, cached). A response may arrive
     before the wave's replica; then the version the response was collected under is used."""
-    row = (await session.execute(select(wave_table.c.methodology_version).where(wave_table.c.id == wave_id))).first()
+    row = (await session.execute(_WAVE_METHOD, {"wave_id": wave_id})).first()
     version = row[0] if row is not None else fallback
     if version is None:
         raise NotFound(f"No wave {wave_id} here (yet).")
@@ -152,7 +162,7 @@ async def publish_decision(
     response = None
     if form.response_id is not None:
         response = await session.scalar(
-            select(Response).where(Response.response_id == form.response_id, Response.revision == form.revision)
+            _RESPONSE, {"response_id": form.response_id, "revision": form.revision}
         )
     form.decision_version += 1
     now = utcnow()
@@ -184,7 +194,7 @@ async def publish_decision(
     )
     if kind == "accepted":
         unit = await session.scalar(
-            select(SampleUnit).where(SampleUnit.wave_id == form.wave_id, SampleUnit.unit_id == form.unit_id)
+            _SAMPLE_UNIT, {"wave_id": form.wave_id, "unit_id": form.unit_id}
         )
         if unit is None or response is None or methodology is None:
             raise InvalidState("Only a response of a sampled unit can be accepted.")
@@ -266,7 +276,7 @@ async def take_sample_chunk(session: AsyncSession, payload: SampleDrawn) -> list
     rows = [_unit_values(wave_id, draw_id, "draw", u) for u in payload.units if u.role == "sample"]
     if rows:
         await session.execute(
-            _insert(session, table).values(rows).on_conflict_do_nothing(index_elements=["wave_id", "unit_id"])
+            insert_for(session, table).values(rows).on_conflict_do_nothing(index_elements=["wave_id", "unit_id"])
         )
     return [r["unit_id"] for r in rows]
 
@@ -284,7 +294,7 @@ async def take_replacement(session: AsyncSession, payload: UnitReplaced) -> list
         draw = await session.scalar(select(SampleUnit.draw_id).where(SampleUnit.wave_id == wave_id).limit(1))
         values = _unit_values(wave_id, draw or "", "replacement", payload.replacement)
         await session.execute(
-            _insert(session, table).values(values).on_conflict_do_nothing(index_elements=["wave_id", "unit_id"])
+            insert_for(session, table).values(values).on_conflict_do_nothing(index_elements=["wave_id", "unit_id"])
         )
         return [values["unit_id"]]
     return []
@@ -307,11 +317,11 @@ async def rescreen_units(
     forms = [f for f in forms if "not_in_sample" in (f.reasons or [])]
     if not forms:
         return 0
-    wave = (await session.execute(select(wave_table.c.methodology_version).where(wave_table.c.id == wave_id))).first()
+    wave = (await session.execute(_WAVE_METHOD, {"wave_id": wave_id})).first()
     changed = 0
     for form in sorted(forms, key=lambda f: f.form_code):
         response = await session.scalar(
-            select(Response).where(Response.response_id == form.response_id, Response.revision == form.revision)
+            _RESPONSE, {"response_id": form.response_id, "revision": form.revision}
         )
         if response is None:
             continue
@@ -326,34 +336,56 @@ async def rescreen_units(
 # ---------------------------------------------------------------------- consumers: forms
 
 
+@functools.lru_cache(maxsize=4)
+def _form_insert(dialect: str):
+    return insert_for(dialect, Form.__table__).on_conflict_do_nothing(index_elements=["wave_id", "form_code"])
+
+
 async def _form(session: AsyncSession, wave_id: str, form_code: str, **values: Any) -> Form:
     """The form row, created if missing (``ON CONFLICT DO NOTHING``: two consumers may race)."""
     await session.execute(
-        _insert(session, Form.__table__)
-        .values(wave_id=wave_id, form_code=form_code, dispatched=False, decision_version=0, voided=False,
-                updated_at=utcnow(), **values)
-        .on_conflict_do_nothing(index_elements=["wave_id", "form_code"])
+        _form_insert(session.bind.dialect.name),
+        {"wave_id": wave_id, "form_code": form_code, "dispatched": False, "decision_version": 0, "voided": False,
+         "updated_at": utcnow(), **values},
     )
-    form = await session.scalar(
-        select(Form).where(Form.wave_id == wave_id, Form.form_code == form_code).execution_options(populate_existing=True)
-    )
+    form = await session.scalar(_FORM, {"wave_id": wave_id, "form_code": form_code})
     assert form is not None
     return form
 
 
+@functools.lru_cache(maxsize=4)
+def _form_status_upsert(dialect: str):
+    """The upsert of ``take_form_status``, built once per dialect (building it cost more than
+    running it). An older status redelivered out of order (its time before the one held)
+    changes nothing: the ``where`` of the update."""
+    form = Form.__table__
+    stmt = insert_for(dialect, form)
+    new = stmt.excluded
+    return stmt.on_conflict_do_update(
+        index_elements=["wave_id", "form_code"],
+        set_={
+            "field_status": new.field_status,
+            "field_status_time": new.field_status_time,
+            "unit_id": func.coalesce(form.c.unit_id, new.unit_id),
+            "province_code": new.province_code,
+            "commune_code": new.commune_code,
+            "enumerator_id": func.coalesce(new.enumerator_id, form.c.enumerator_id),
+            "dispatched": or_(form.c.dispatched, new.dispatched),
+            "updated_at": new.updated_at,
+        },
+        where=or_(form.c.field_status_time.is_(None), form.c.field_status_time <= new.field_status_time),
+    )
+
+
 async def take_form_status(session: AsyncSession, payload: FormStatusChanged, at: dt.datetime) -> None:
-    form = await _form(session, str(payload.wave_id), payload.form_code, unit_id=str(payload.unit_id))
-    if form.field_status_time is not None and form.field_status_time > at:
-        return  # an older status redelivered out of order
-    form.field_status = payload.status
-    form.field_status_time = at
-    form.unit_id = form.unit_id or str(payload.unit_id)
-    form.province_code = payload.province_code
-    form.commune_code = payload.commune_code
-    form.enumerator_id = payload.enumerator_id or form.enumerator_id
-    if payload.status in DISPATCHED_STATUSES:
-        form.dispatched = True
-    form.updated_at = utcnow()
+    """The form's field status, in one statement: status events are most of a wave's events
+    (three or four per form), so no ORM load and flush here."""
+    await session.execute(_form_status_upsert(session.bind.dialect.name), [dict(
+        wave_id=str(payload.wave_id), form_code=payload.form_code, unit_id=str(payload.unit_id),
+        province_code=payload.province_code, commune_code=payload.commune_code, enumerator_id=payload.enumerator_id,
+        field_status=payload.status, field_status_time=at, dispatched=payload.status in DISPATCHED_STATUSES,
+        decision_version=0, voided=False, updated_at=utcnow(),
+    )])
 
 
 async def take_entry_comparison(session: AsyncSession, payload: DataEntryCompared, at: dt.datetime) -> None:
@@ -371,7 +403,7 @@ async def take_entry_comparison(session: AsyncSession, payload: DataEntryCompare
         resolved=payload.resolved_by_third_entry,
         compared_at=at,
     )
-    stmt = _insert(session, EntryComparison.__table__).values(**values)
+    stmt = insert_for(session, EntryComparison.__table__).values(**values)
     stmt = stmt.on_conflict_do_update(
         index_elements=["wave_id", "form_code"],
         set_={k: stmt.excluded[k] for k in values if k not in ("wave_id", "form_code")},
@@ -381,7 +413,7 @@ async def take_entry_comparison(session: AsyncSession, payload: DataEntryCompare
 
 
 async def _sample_unit(session: AsyncSession, wave_id: str, unit_id: str) -> SampleUnit | None:
-    return await session.scalar(select(SampleUnit).where(SampleUnit.wave_id == wave_id, SampleUnit.unit_id == unit_id))
+    return await session.scalar(_SAMPLE_UNIT, {"wave_id": wave_id, "unit_id": unit_id})
 
 
 async def take_response(
@@ -400,7 +432,7 @@ async def take_response(
     content = payload.model_dump(mode="json")
     print_ = screening.fingerprint(content)
     existing = await session.scalar(
-        select(Response).where(Response.response_id == str(payload.response_id), Response.revision == payload.revision)
+        _RESPONSE, {"response_id": str(payload.response_id), "revision": payload.revision}
     )
     if existing is not None:
         if existing.fingerprint != print_:
@@ -517,9 +549,7 @@ async def _escalated_enumerator_joins(session: AsyncSession, form: Form) -> None
     if not form.enumerator_id or form.province_code is None:
         return
     escalated = await session.scalar(
-        select(EnumeratorEscalation.id).where(
-            EnumeratorEscalation.wave_id == form.wave_id, EnumeratorEscalation.enumerator_id == form.enumerator_id
-        )
+        _ESCALATED, {"wave_id": form.wave_id, "enumerator_id": form.enumerator_id}
     )
     if escalated is not None:
         await _add_to_back_check(session, [form], "escalation", None)
@@ -535,7 +565,7 @@ async def _add_to_back_check(session: AsyncSession, forms: list[Form], selected_
         for f in forms
     ]
     result = await session.execute(
-        _insert(session, BackCheck.__table__).values(rows).on_conflict_do_nothing(index_elements=["wave_id", "form_code"])
+        insert_for(session, BackCheck.__table__).values(rows).on_conflict_do_nothing(index_elements=["wave_id", "form_code"])
     )
     return max(result.rowcount or 0, 0)
 
@@ -583,7 +613,7 @@ async def rerun(
     rescreened = changed = decisions = 0
     for form in forms:
         response = await session.scalar(
-            select(Response).where(Response.response_id == form.response_id, Response.revision == form.revision)
+            _RESPONSE, {"response_id": form.response_id, "revision": form.revision}
         )
         if response is None:
             continue
@@ -634,7 +664,7 @@ async def review(
     if state == "sent_back":
         raise InvalidState(f"Form {form_code} is back with survey for correction; wait for its new revision.")
     response = await session.scalar(
-        select(Response).where(Response.response_id == form.response_id, Response.revision == form.revision)
+        _RESPONSE, {"response_id": form.response_id, "revision": form.revision}
     )
     if body.action == "send_back":
         if form.published == "accepted":

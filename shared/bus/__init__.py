@@ -1,7 +1,7 @@
 """The event bus: one interface, an in-process implementation and a RabbitMQ one.
 
 Both give the same guarantees to a handler, so services are written once:
-- at-least-once delivery (handlers must be idempotent: use ``shared.outbox.consume_once``);
+- at-least-once delivery (handlers must be idempotent: ``shared.outbox.idempotent_handler`` records each event in an inbox);
 - a failing handler is retried with exponential backoff, up to ``max_attempts``;
 - then the message goes to the dead-letter queue, kept for inspection, never retried forever;
 - a message that is not a valid envelope is dead-lettered at once (retrying cannot fix it).
@@ -25,7 +25,7 @@ def create_bus(
     service: str = "sipas",
 ) -> EventBus:
     if url.startswith("memory"):
-        return InMemoryBus(max_attempts=max_attempts, retry_base_seconds=retry_base_seconds)
+        return InMemoryBus(max_attempts=max_attempts, retry_base_seconds=retry_base_seconds, batch_size=prefetch)
     if url.startswith("amqp"):
         from shared.bus.rabbitmq import RabbitMQBus
 

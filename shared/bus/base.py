@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from shared.events import Envelope
 
 Handler = Callable[[Envelope], Awaitable[None]]
+BatchHandler = Callable[[list[Envelope]], Awaitable[None]]
 log = logging.getLogger("sipas.bus")
 
 
@@ -23,6 +24,10 @@ class Subscription:
     handler: Handler
     service: str = ""
     dead_letters: list[dict] = field(default_factory=list)
+    # Optional: the same effect for several events at once, all or nothing (one transaction for
+    # the lot). The bus hands it what has queued up; if it fails, the events go one by one
+    # through ``handler``, so one bad event is retried and dead-lettered alone.
+    batch_handler: BatchHandler | None = None
 
 
 class EventBus(abc.ABC):
@@ -41,6 +46,17 @@ class EventBus(abc.ABC):
     async def publish(self, event: Envelope) -> None:
         """Return only once the broker has taken the event (publisher confirm on RabbitMQ);
         raise if it has not, so the outbox keeps the row and tries again."""
+
+    async def publish_many(self, events: list[Envelope]) -> tuple[int, Exception | None]:
+        """Publish in order; return how many leading events the broker took and the error that
+        stopped the rest (None if all went). The outbox marks only that prefix sent, so an event
+        is never marked before one staged earlier. Buses override this to overlap the waits."""
+        for i, event in enumerate(events):
+            try:
+                await self.publish(event)
+            except Exception as exc:
+                return i, exc
+        return len(events), None
 
     @abc.abstractmethod
     async def declare(self, queue: str, patterns: list[str]) -> None:
@@ -85,3 +101,19 @@ class EventBus(abc.ABC):
                 if attempt < self.max_attempts:
                     await asyncio.sleep(self.retry_base_seconds * 2 ** (attempt - 1))
         return False
+
+    async def handle_batch(self, sub: Subscription, events: list[Envelope]) -> list[bool]:
+        """Hand several queued events to the subscription; per event: handled, or dead-letter it.
+
+        One transaction for the lot is what makes a backlog cheap (a commit per event was most
+        of a consumer's time). A failed batch costs one extra attempt: its events then go one by
+        one with the usual retries, so a poison event cannot hold the others back."""
+        if sub.batch_handler is not None and len(events) > 1:
+            try:
+                await sub.batch_handler(events)
+                return [True] * len(events)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.info("a batch of %d events on %s failed (%s); handling them one by one", len(events), sub.queue, exc)
+        return [await self.handle_with_retries(sub, event) for event in events]

@@ -6,7 +6,8 @@ blocks another consumer, and the order of events per queue is kept.
 
 Memory does not survive a crash, so "the bus has the event" must mean more than "it is in a
 list": ``publish`` returns only once every bound queue's consumer has handled the event (or
-dead-lettered it). The outbox marks a row sent only then, so a process killed with events in
+dead-lettered it); ``publish_many`` queues a whole outbox batch first and then waits for all of
+it, so consumers work through it together instead of one event per round trip. The outbox marks a row sent only then, so a process killed with events in
 flight still has them as unsent outbox rows and publishes them again at start-up; the
 consumers' inboxes make the second delivery a no-op. RabbitMQ gives the same guarantee with
 durable queues and publisher confirms. A queue that is declared but has no consumer yet (only
@@ -28,7 +29,7 @@ log = logging.getLogger("sipas.bus.memory")
 
 
 class InMemoryBus(EventBus):
-    def __init__(self, *, max_attempts: int = 5, retry_base_seconds: float = 0.2) -> None:
+    def __init__(self, *, max_attempts: int = 5, retry_base_seconds: float = 0.2, batch_size: int = 100) -> None:
         self.max_attempts = max_attempts
         self.retry_base_seconds = retry_base_seconds
         self._subs: dict[str, Subscription] = {}
@@ -37,6 +38,7 @@ class InMemoryBus(EventBus):
         self._workers: dict[str, asyncio.Task] = {}
         self.dead_letters: dict[str, list[dict]] = {}
         self._started = False
+        self.batch_size = batch_size
 
     async def start(self) -> None:
         self._started = True
@@ -52,19 +54,24 @@ class InMemoryBus(EventBus):
         self._started = False
 
     async def publish(self, event: Envelope) -> None:
+        await self.publish_many([event])
+
+    async def publish_many(self, events: list[Envelope]) -> tuple[int, Exception | None]:
         if not self._started:
             raise RuntimeError("bus is not started")
         loop = asyncio.get_running_loop()
         handled: list[asyncio.Future] = []
-        for name, patterns in self._bindings.items():
-            if any(topic_matches(p, event.type) for p in patterns):
-                # Each queue gets its own copy, as a broker would deliver it.
-                done = loop.create_future()
-                if name in self._subs:
-                    handled.append(done)
-                self._queues[name].put_nowait((event.model_copy(deep=True), done))
+        for event in events:
+            for name, patterns in self._bindings.items():
+                if any(topic_matches(p, event.type) for p in patterns):
+                    # Each queue gets its own copy, as a broker would deliver it.
+                    done = loop.create_future()
+                    if name in self._subs:
+                        handled.append(done)
+                    self._queues[name].put_nowait((event.model_copy(deep=True), done))
         if handled:
             await asyncio.gather(*handled)
+        return len(events), None
 
     async def publish_raw(self, routing_key: str, body: bytes) -> None:
         """Deliver bytes that may not be a valid envelope (for poison-message tests)."""
@@ -91,25 +98,32 @@ class InMemoryBus(EventBus):
     async def _work(self, sub: Subscription) -> None:
         queue = self._queues[sub.queue]
         while True:
-            item, done = await queue.get()
+            # Whatever has queued up (up to batch_size) goes to the consumer together.
+            taken = [await queue.get()]
+            while len(taken) < self.batch_size and not queue.empty():
+                taken.append(queue.get_nowait())
             try:
-                if isinstance(item, dict):
-                    try:
-                        item = Envelope.model_validate_json(item["body"])
-                    except ValueError:
-                        self._dead_letter(sub, item, "not a valid event envelope")
-                        continue
-                ok = await self.handle_with_retries(sub, item)
-                if ok:
-                    EVENTS_CONSUMED.labels(sub.service, sub.queue, "ok").inc()
-                else:
-                    self._dead_letter(sub, item.model_dump(mode="json"), "handler failed after retries")
+                events: list[Envelope] = []
+                for item, _ in taken:
+                    if isinstance(item, dict):
+                        try:
+                            events.append(Envelope.model_validate_json(item["body"]))
+                        except ValueError:
+                            self._dead_letter(sub, item, "not a valid event envelope")
+                    else:
+                        events.append(item)
+                for event, ok in zip(events, await self.handle_batch(sub, events)):
+                    if ok:
+                        EVENTS_CONSUMED.labels(sub.service, sub.queue, "ok").inc()
+                    else:
+                        self._dead_letter(sub, event.model_dump(mode="json"), "handler failed after retries")
             except Exception:  # never let one message kill the worker
                 log.exception("consumer %s crashed on a message", sub.queue)
             finally:
-                queue.task_done()
-                if done is not None and not done.done():
-                    done.set_result(None)
+                for _, done in taken:
+                    queue.task_done()
+                    if done is not None and not done.done():
+                        done.set_result(None)
 
     def _dead_letter(self, sub: Subscription, item: dict, reason: str) -> None:
         self.dead_letters[sub.queue].append({"reason": reason, "message": item})

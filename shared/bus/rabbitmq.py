@@ -6,7 +6,13 @@
   there for an operator, not lost and not retried forever.
 - Publisher confirms: ``publish`` returns only once the broker has the message, so the outbox
   marks a row sent only when it really is.
-- Manual acks after the handler's transaction committed, with a prefetch limit.
+- Manual acks after the handler's transaction committed, with a prefetch limit. Deliveries go
+  into a local queue that one worker per consumer drains in batches (what has arrived, up to the
+  prefetch), so a backlog costs one transaction per batch, not per event, and a queue's events
+  are handled in the order they came.
+- ``publish_many`` sends an outbox batch back to back and waits for the confirms together
+  (aiormq writes publishes in call order under the channel lock); one publish-and-confirm round
+  trip per event capped a relay at a few hundred events a second.
 - ``connect_robust`` reconnects after a broker restart and re-declares the exchange, queues,
   bindings and consumers; a publish during the outage raises and the outbox retries it later.
 """
@@ -14,6 +20,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 import aio_pika
@@ -47,8 +54,7 @@ class RabbitMQBus(EventBus):
         self._publish_channel: aio_pika.abc.AbstractChannel | None = None
         self._exchange: aio_pika.abc.AbstractExchange | None = None
         self._consumers: list[tuple[aio_pika.abc.AbstractQueue, str]] = []
-        self._in_flight: set[asyncio.Task] = set()
-        self._publish_lock = asyncio.Lock()
+        self._workers: list[tuple[asyncio.Queue, asyncio.Task]] = []
 
     async def start(self) -> None:
         self._connection = await aio_pika.connect_robust(
@@ -65,8 +71,14 @@ class RabbitMQBus(EventBus):
                 await queue.cancel(tag)
             except Exception:  # the channel may already be gone
                 pass
-        if self._in_flight:
-            await asyncio.gather(*self._in_flight, return_exceptions=True)
+        # Let the workers finish what was delivered (unacked messages would come back anyway).
+        for local, task in self._workers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(local.join(), timeout=30)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._workers.clear()
         self._consumers.clear()
         if self._connection is not None:
             await self._connection.close()
@@ -75,7 +87,25 @@ class RabbitMQBus(EventBus):
     async def publish(self, event: Envelope) -> None:
         if self._exchange is None:
             raise RuntimeError("bus is not started")
-        message = aio_pika.Message(
+        await self._exchange.publish(self._message(event), routing_key=event.type, timeout=10)
+
+    async def publish_many(self, events: list[Envelope]) -> tuple[int, Exception | None]:
+        if self._exchange is None:
+            raise RuntimeError("bus is not started")
+        exchange = self._exchange
+        # Tasks start in order and take the channel lock in order: the broker gets them in order.
+        sends = [asyncio.ensure_future(exchange.publish(self._message(e), routing_key=e.type, timeout=10)) for e in events]
+        results = await asyncio.gather(*sends, return_exceptions=True)
+        for i, result in enumerate(results):
+            if isinstance(result, BaseException):
+                if isinstance(result, asyncio.CancelledError):
+                    raise result
+                return i, result if isinstance(result, Exception) else RuntimeError(str(result))
+        return len(events), None
+
+    @staticmethod
+    def _message(event: Envelope) -> aio_pika.Message:
+        return aio_pika.Message(
             body=event.model_dump_json().encode(),
             content_type="application/json",
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
@@ -85,7 +115,6 @@ class RabbitMQBus(EventBus):
             correlation_id=event.correlation_id,
             app_id=event.source,
         )
-        await self._exchange.publish(message, routing_key=event.type, timeout=10)
 
     async def publish_raw(self, routing_key: str, body: bytes) -> None:
         """Publish bytes that may not be a valid envelope (for poison-message tests)."""
@@ -122,36 +151,61 @@ class RabbitMQBus(EventBus):
         channel = await self._connection.channel()
         await channel.set_qos(prefetch_count=self.prefetch)
         queue = await self._declare(channel, subscription.queue, subscription.patterns)
+        local: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        worker = asyncio.create_task(self._work(subscription, local), name=f"consumer:{subscription.queue}")
+        self._workers.append((local, worker))
 
         async def on_message(message: AbstractIncomingMessage) -> None:
-            task = asyncio.current_task()
-            if task is not None:
-                self._in_flight.add(task)
-            try:
-                await self._handle(subscription, message)
-            finally:
-                if task is not None:
-                    self._in_flight.discard(task)
+            local.put_nowait(message)
 
         tag = await queue.consume(on_message, no_ack=False)
         self._consumers.append((queue, tag))
 
-    async def _handle(self, sub: Subscription, message: AbstractIncomingMessage) -> None:
-        try:
-            event = Envelope.model_validate_json(message.body)
-        except ValueError:
-            log.error("dead-lettering a message on %s: not a valid event envelope", sub.queue)
-            await message.reject(requeue=False)
-            EVENTS_DEAD_LETTERED.labels(sub.service, sub.queue).inc()
-            EVENTS_CONSUMED.labels(sub.service, sub.queue, "dead_lettered").inc()
+    async def _work(self, sub: Subscription, local: asyncio.Queue[AbstractIncomingMessage]) -> None:
+        while True:
+            taken = [await local.get()]
+            while len(taken) < self.prefetch and not local.empty():
+                taken.append(local.get_nowait())
+            try:
+                await self._handle(sub, taken)
+            except Exception:  # never let one batch kill the worker
+                log.exception("consumer %s crashed on a batch", sub.queue)
+            finally:
+                for _ in taken:
+                    local.task_done()
+
+    async def _handle(self, sub: Subscription, messages: list[AbstractIncomingMessage]) -> None:
+        events: list[tuple[Envelope, AbstractIncomingMessage]] = []
+        for message in messages:
+            try:
+                events.append((Envelope.model_validate_json(message.body), message))
+            except ValueError:
+                log.error("dead-lettering a message on %s: not a valid event envelope", sub.queue)
+                await self._settle(message, ack=False)
+                EVENTS_DEAD_LETTERED.labels(sub.service, sub.queue).inc()
+                EVENTS_CONSUMED.labels(sub.service, sub.queue, "dead_lettered").inc()
+        if not events:
             return
-        if await self.handle_with_retries(sub, event):
-            await message.ack()
-            EVENTS_CONSUMED.labels(sub.service, sub.queue, "ok").inc()
-        else:
-            await message.reject(requeue=False)
-            EVENTS_DEAD_LETTERED.labels(sub.service, sub.queue).inc()
-            EVENTS_CONSUMED.labels(sub.service, sub.queue, "dead_lettered").inc()
+        outcomes = await self.handle_batch(sub, [event for event, _ in events])
+        for (_, message), ok in zip(events, outcomes):
+            await self._settle(message, ack=ok)
+            if ok:
+                EVENTS_CONSUMED.labels(sub.service, sub.queue, "ok").inc()
+            else:
+                EVENTS_DEAD_LETTERED.labels(sub.service, sub.queue).inc()
+                EVENTS_CONSUMED.labels(sub.service, sub.queue, "dead_lettered").inc()
+
+    @staticmethod
+    async def _settle(message: AbstractIncomingMessage, *, ack: bool) -> None:
+        """Ack, or reject to the dead-letter queue. If the channel went away meanwhile (broker
+        restart), the broker redelivers the message and the inbox makes that a no-op."""
+        try:
+            if ack:
+                await message.ack()
+            else:
+                await message.reject(requeue=False)
+        except Exception as exc:
+            log.warning("could not settle a message (%s); the broker will redeliver it", exc)
 
     async def healthy(self) -> bool:
         # A robust connection does not count as closed while it reconnects; its channel does.

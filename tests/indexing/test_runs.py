@@ -23,7 +23,6 @@ from tests.indexing.helpers import (
     rejected,
     seed_methodologies,
     strata_event,
-    synthetic_rows,
     wave_event,
 )
 

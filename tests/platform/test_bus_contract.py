@@ -227,6 +227,42 @@ async def test_a_handler_that_fails_twice_then_succeeds_is_acked_not_dead_letter
     assert done == [sent.id]
 
 
+async def test_a_backlog_reaches_the_batch_handler_in_order_and_a_poison_event_falls_back_alone(harness):
+    """Consumers take what has queued up as one batch (one transaction in the services); a
+    batch that fails is replayed one event at a time, so only the bad event is retried and
+    dead-lettered, every other event is handled once, and the queue's order holds."""
+    batches: list[list] = []
+    singles: list = []
+    handled: list = []
+
+    async def one(e: Envelope) -> None:
+        singles.append(e.id)
+        if e.data.get("bad"):
+            raise RuntimeError("this event never succeeds")
+        handled.append(e.id)
+
+    async def many(events: list[Envelope]) -> None:
+        await asyncio.sleep(0.01)  # a transaction takes a while: later deliveries queue up
+        batches.append([e.id for e in events])
+        if any(e.data.get("bad") for e in events):
+            raise RuntimeError("one event in this batch never succeeds")
+        handled.extend(e.id for e in events)
+
+    q = harness.queue("batched")
+    await harness.bus.subscribe(Subscription(q, ["sipas.test.#"], one, service="test", batch_handler=many))
+    sent = [event(i=i, bad=i == 37) for i in range(60)]
+    published, error = await harness.bus.publish_many(sent)
+    assert (published, error) == (60, None)
+
+    good = [e.id for e in sent if not e.data["bad"]]
+    await eventually(lambda: _equals(harness.bus.dead_letter_count(q), 1))
+    await eventually(lambda: handled == good)
+    assert max(len(b) for b in batches) > 1
+    assert singles.count(sent[37].id) == MAX_ATTEMPTS
+    assert await harness.pending_after_close(q) == 0
+    assert handled == good
+
+
 async def _equals(awaitable, expected) -> bool:
     return (await awaitable) == expected
 

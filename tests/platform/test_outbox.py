@@ -28,7 +28,7 @@ from shared.bus import EventBus, InMemoryBus, Subscription
 from shared.contracts.sampling import WaveCreated
 from shared.db import create_engine, session_factory, transaction, utcnow
 from shared.events import Envelope, make_event
-from shared.outbox import OutboxRelay, idempotent_handler
+from shared.outbox import OutboxRelay, idempotent_batch_handler, idempotent_handler
 from tests.conftest import ON_SERVICES, all_queues, drop_backend, eventually
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -335,6 +335,40 @@ async def test_a_failed_effect_keeps_no_inbox_row_so_the_retry_takes_effect(env)
     assert await survey.count("audit_log", audit.c.entity_id == str(sent.id)) == 1
 
 
+async def test_a_batch_is_one_transaction_that_skips_handled_events_and_keeps_nothing_if_one_fails(env):
+    """The batch handler (what consumers use on a backlog): a redelivered event in a batch is
+    skipped by the inbox, a failing effect rolls back the whole batch (no inbox row, no effect),
+    and the per-event fallback then gives every event exactly one effect."""
+    survey = await env.db("survey")
+    audit = survey.tables["audit_log"]
+    sent = [wave_created() for _ in range(5)]
+    calls: list = []
+    one = idempotent_handler(survey.sessions, survey.inbox, "batch", audit_effect(audit, calls))
+    await one(sent[0])  # handled before: the batch must not apply it again
+
+    failing = set()
+
+    async def effect(session, payload, envelope: Envelope) -> None:
+        await audit_effect(audit, calls)(session, payload, envelope)
+        if envelope.id in failing:
+            raise RuntimeError("effect failed")
+
+    batch = idempotent_batch_handler(survey.sessions, survey.inbox, "batch", effect)
+    failing.add(sent[3].id)
+    with pytest.raises(RuntimeError):
+        await batch(sent)
+    for e in sent[1:]:
+        assert await survey.count("inbox", survey.inbox.c.event_id == str(e.id)) == 0
+        assert await survey.count("audit_log", audit.c.entity_id == str(e.id)) == 0
+
+    failing.clear()
+    await batch([*sent, sent[2].model_copy()])  # and a duplicate inside the batch itself
+    await batch(sent)  # the whole batch redelivered
+    for e in sent:
+        assert await survey.count("inbox", survey.inbox.c.event_id == str(e.id)) == 1
+        assert await survey.count("audit_log", audit.c.entity_id == str(e.id)) == 1
+
+
 # -- 7. the relay publishes in order, and a failure stops the batch --------------------------------
 
 
@@ -347,13 +381,14 @@ class FlakyBus(InMemoryBus):
         self.published: list = []
         self.delay = 0.0
 
-    async def publish(self, event: Envelope) -> None:
-        if event.id in self.refuse:
-            raise ConnectionError("broker unavailable (test)")
+    async def publish_many(self, events: list[Envelope]) -> tuple[int, Exception | None]:
+        """What the relay calls: the events before the first refused one go out, the rest not."""
+        taken = next((i for i, e in enumerate(events) if e.id in self.refuse), len(events))
         if self.delay:
             await asyncio.sleep(self.delay)
-        await super().publish(event)
-        self.published.append(event.id)
+        await super().publish_many(events[:taken])
+        self.published.extend(e.id for e in events[:taken])
+        return taken, ConnectionError("broker unavailable (test)") if taken < len(events) else None
 
 
 async def stage_waves(db: ServiceDB, codes: list[str]) -> list[str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import eventually
 from tests.verification.helpers import Wave, accepted_set, decisions, good_answers, methodology, outbox_envelopes
 
 # One stack per module (tests/verification/conftest.py): tests share its event loop.
