@@ -174,15 +174,18 @@ def encode_cursor(data: dict) -> str:
     return base64.urlsafe_b64encode(json.dumps(data, separators=(",", ":")).encode()).decode().rstrip("=")
 
 
+MALFORMED_CURSOR = "The cursor is malformed; use next_cursor exactly as it was given."
+
+
 def decode_cursor(cursor: str | None) -> dict | None:
     if cursor is None:
         return None
     try:
         data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
     except (binascii.Error, ValueError, UnicodeDecodeError):
-        raise BadRequest("The cursor is malformed; use next_cursor exactly as it was given.") from None
+        raise BadRequest(MALFORMED_CURSOR) from None
     if not isinstance(data, dict) or "k" not in data:
-        raise BadRequest("The cursor is malformed; use next_cursor exactly as it was given.")
+        raise BadRequest(MALFORMED_CURSOR)
     return data
 
 

@@ -133,11 +133,27 @@ def _page_after(rows: list, key, cursor: dict | None, limit: int) -> tuple[list,
     if cursor is not None:
         after = tuple(cursor["k"]) if isinstance(cursor["k"], list) else None
         if after is None:
-            raise BadRequest("The cursor is malformed; use next_cursor exactly as it was given.")
+            raise BadRequest(public.MALFORMED_CURSOR)
         rows = [r for r in rows if tuple(key(r)) > after]
     page = rows[:limit]
     next_cursor = public.encode_cursor({"k": list(key(page[-1]))}) if len(rows) > limit else None
     return page, next_cursor
+
+
+def _cursor_key(parsed: dict | None, kind: type, first):
+    """Where a page of one release version starts: the cursor's key, or ``first``."""
+    after = parsed["k"] if parsed else first
+    if not isinstance(after, kind):
+        raise BadRequest(public.MALFORMED_CURSOR)
+    return after
+
+
+def _version_page(row: dict, found: list, limit: int, key) -> tuple[list, str | None]:
+    """The page of ``found`` (fetched ``limit + 1`` long) and the cursor to the next one; the
+    cursor pins the release version, so every page of a walk reads the same figures."""
+    page = found[:limit]
+    nxt = public.encode_cursor({"v": row["id"], "n": row["version"], "k": key(page[-1])}) if len(found) > limit else None
+    return page, nxt
 
 
 async def _visible_or_404(session, request: Request, at: dt.datetime, as_of: dt.datetime | None) -> list[dict]:
@@ -405,16 +421,12 @@ async def _figures(
         etag = public.version_etag(row, request)
 
         async def build():
-            after = parsed["k"] if parsed else 0
-            if not isinstance(after, int):
-                raise BadRequest("The cursor is malformed; use next_cursor exactly as it was given.")
             found = await public.cells(
                 session, tables, row["id"], domain=domain, domain_codes=[domain_code] if domain_code else None,
-                indicators=indicators, code=code, weighting=weighting, flag=flag, after=after, limit=limit + 1,
+                indicators=indicators, code=code, weighting=weighting, flag=flag, after=_cursor_key(parsed, int, 0),
+                limit=limit + 1,
             )
-            page = found[:limit]
-            next_cursor = (public.encode_cursor({"v": row["id"], "n": row["version"], "k": page[-1]["seq"]})
-                           if len(found) > limit else None)
+            page, next_cursor = _version_page(row, found, limit, lambda c: c["seq"])
             items = [public.figure(c) for c in page]
             if public.wants_csv(request, format):
                 return public.to_csv([i.model_dump(mode="json") for i in items], public.columns_of(Figure)), CSV_TYPE
@@ -496,11 +508,9 @@ async def provinces(
         etag = public.version_etag(row, request)
 
         async def build():
-            after = parsed["k"] if parsed else ""
-            if not isinstance(after, str):
-                raise BadRequest("The cursor is malformed; use next_cursor exactly as it was given.")
-            codes = await public.province_codes(session, tables, row["id"], after, limit + 1, province_code)
-            page_codes = codes[:limit]
+            codes = await public.province_codes(session, tables, row["id"], _cursor_key(parsed, str, ""), limit + 1,
+                                                province_code)
+            page_codes, next_cursor = _version_page(row, codes, limit, lambda code: code)
             found = await public.cells(session, tables, row["id"], domain="province", domain_codes=page_codes,
                                        indicators=[indicator] if indicator else ["sipas", "part", "element"],
                                        weighting=weighting)
@@ -510,8 +520,6 @@ async def provinces(
             if public.wants_csv(request, format):
                 flat = [f.model_dump(mode="json") for figs in grouped.values() for f in figs]
                 return public.to_csv(flat, public.columns_of(Figure)), CSV_TYPE
-            next_cursor = (public.encode_cursor({"v": row["id"], "n": row["version"], "k": page_codes[-1]})
-                           if len(codes) > limit else None)
             body = ProvincePage(release_id=release_id, version=row["version"], next_cursor=next_cursor,
                                 items=[ProvinceFigures(province_code=c, figures=f) for c, f in grouped.items()])
             return public.dumps(body), JSON_TYPE
@@ -558,15 +566,11 @@ async def list_rankings(
         etag = public.version_etag(row, request)
 
         async def build():
-            after = parsed["k"] if parsed else 0
-            if not isinstance(after, int):
-                raise BadRequest("The cursor is malformed; use next_cursor exactly as it was given.")
+            after = _cursor_key(parsed, int, 0)
             found = await public.rankings(session, tables, row["id"], indicator, province_code, after, limit + 1)
             if province_code is not None and not found and not after:
                 raise NotFound(f"Province {province_code} is not ranked on {indicator} in release {release_id}.")
-            page = found[:limit]
-            next_cursor = (public.encode_cursor({"v": row["id"], "n": row["version"], "k": page[-1]["seq"]})
-                           if len(found) > limit else None)
+            page, next_cursor = _version_page(row, found, limit, lambda r: r["seq"])
             items = [public.ranking(r) for r in page]
             if public.wants_csv(request, format):
                 return public.to_csv([i.model_dump(mode="json") for i in items], public.columns_of(Ranking)), CSV_TYPE
