@@ -8,7 +8,8 @@
   one transaction with the audit entry, ``wave.updated`` (status ``sampled``) and the chunked
   ``sample.drawn`` events.
 * **Verify** recomputes the draw with a seed an observer supplies and returns its hash.
-* **Reset** (ministry only, audited with a reason) voids the draw so the wave can be drawn again.
+* **Reset** (ministry only, audited with a reason) voids the draw so the wave can be drawn again,
+  and announces it (``sample.voided``) in the same transaction.
 
 Reproducibility: the frame is read in code-point order of the record keys within each stratum
 (``COLLATE "C"`` on PostgreSQL, SQLite's binary order), the strata are keyed by their column
@@ -43,7 +44,7 @@ from services.sampling.models import Wave, design, draw, frame_record, sample_un
 from services.sampling.schemas import DesignBody
 from shared import audit
 from shared.auth import Principal, Role
-from shared.contracts.sampling import SampleDrawn, SampledUnit, StratumSummary, WaveUpdated
+from shared.contracts.sampling import SampleDrawn, SampledUnit, SampleVoided, StratumSummary, WaveUpdated
 from shared.db import utcnow
 from shared.errors import BadRequest, Conflict, Forbidden, InvalidState, NotFound
 from shared.outbox import add_event
@@ -430,4 +431,8 @@ async def reset(session: AsyncSession, tables, principal: Principal, wave_id: st
     from services.sampling.service import _wave_event
 
     await add_event(session, tables["outbox"], _wave_event(WaveUpdated, wave))
+    # Names the voided draw, so survey withdraws its forms and verification its units: the wave
+    # going back to frame_open does not say which draw is gone (a re-draw may already follow).
+    await add_event(session, tables["outbox"], SampleVoided(wave_id=wave.id, draw_id=row["id"], reason=reason,
+                                                            voided_at=now))
     return wave

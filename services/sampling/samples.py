@@ -181,7 +181,8 @@ async def replace(session: AsyncSession, tables, principal: Principal | None, wa
                                 "form_code": form_code})
     await add_event(session, tables["outbox"], UnitReplaced(
         wave_id=wave.id, replaced_unit_id=unit_id, reason=reason,
-        replacement=sampled_unit(replacement) if replacement else None, reserve_exhausted=replacement is None))
+        replacement=sampled_unit(replacement) if replacement else None, reserve_exhausted=replacement is None,
+        draw_id=unit["draw_id"]))
     if replacement is None:
         RESERVE_EXHAUSTED.labels("sampling", wave.id).set(await exhausted_groups(session, wave.id))
     return dict(replaced_unit_id=unit_id, reason=reason, replacement=unit_read(replacement) if replacement else None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from services.survey import corrections as C, forms as F
 from services.survey.models import metadata, wave
-from shared.contracts.sampling import SampleDrawn, UnitReplaced
+from shared.contracts.sampling import SampleDrawn, SampleVoided, UnitReplaced
 from shared.service import Consumer
 from shared.waves import WAVE_EVENTS, wave_replica_effect
 
@@ -15,15 +15,22 @@ def _tables() -> dict:
     return dict(metadata.tables)
 
 
-async def on_sample_drawn(session, payload: SampleDrawn, envelope) -> None:
-    """One form per sampled unit (``role=sample``; reserves get a form when released)."""
+async def on_sample(session, payload: SampleDrawn | SampleVoided, envelope) -> None:
+    """``sample.drawn``: one form per sampled unit (``role=sample``; reserves get a form when
+    released), a new draw withdrawing the assigned forms of older ones. ``sample.voided``: the
+    draw's assigned forms are withdrawn. One queue for both, so they normally arrive in the
+    order sampling published them; ``forms.enter_draw`` copes when they do not."""
+    if isinstance(payload, SampleVoided):
+        await F.void_draw(session, _tables(), str(payload.wave_id), str(payload.draw_id), payload.reason)
+        return
     units = [u for u in payload.units if u.role == "sample"]
-    await F.create_forms(session, _tables(), str(payload.wave_id), units, actor="sampling")
+    await F.create_forms(session, _tables(), str(payload.wave_id), units, actor="sampling", draw_id=str(payload.draw_id))
 
 
 async def on_unit_replaced(session, payload: UnitReplaced, envelope) -> None:
     await F.on_unit_replaced(
-        session, _tables(), str(payload.wave_id), str(payload.replaced_unit_id), payload.replacement, payload.reserve_exhausted
+        session, _tables(), str(payload.wave_id), str(payload.replaced_unit_id), payload.replacement,
+        payload.reserve_exhausted, str(payload.draw_id) if payload.draw_id else None,
     )
 
 
@@ -34,7 +41,7 @@ async def on_correction_requested(session, payload, envelope) -> None:
 
 CONSUMERS = [
     Consumer("waves", WAVE_EVENTS, wave_replica_effect(wave)),
-    Consumer("samples", ["sipas.sampling.sample.drawn.v1"], on_sample_drawn),
+    Consumer("samples", ["sipas.sampling.sample.drawn.v1", "sipas.sampling.sample.voided.v1"], on_sample),
     Consumer("replacements", ["sipas.sampling.unit.replaced.v1"], on_unit_replaced),
     Consumer("corrections", ["sipas.verification.correction.requested.v1"], on_correction_requested),
 ]

@@ -43,6 +43,7 @@ async def key_entry(
     row = await F.get_form(session, form_code)
     if await session.scalar(select(response.c.id).where(response.c.form_id == row["id"])) is not None:
         raise InvalidState(f"Form {form_code} is complete already.")
+    F.refuse_withdrawn(row)
     if row["status"] not in F.OPEN:
         raise InvalidState(f"Form {form_code} is {row['status']}; it cannot be keyed.")
     wave_row = await F.get_wave(session, row["wave_id"])

@@ -25,7 +25,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.survey.form_code import ALPHABET, MAX_SERIAL, make_form_code
-from services.survey.models import form, form_history, wave, wave_counter
+from services.survey.models import form, form_history, sample_draw, wave, wave_counter
 from shared.contracts.sampling import SampledUnit
 from shared.contracts.survey import FormStatusChanged, ReplacementRequested
 from shared.db import utcnow
@@ -38,6 +38,12 @@ STATUSES = ("assigned", "dispatched", "collected", "refused", "unreachable", "in
 # assigned → dispatched → collected | refused | unreachable | ineligible, then replaced. A form
 # may also be collected (online, keyed paper) or refused straight from assigned; ``replaced``
 # is reached only when sampling has released the replacement (unit.replaced).
+# ``withdrawn`` is outside the fieldwork: an assigned form whose draw was voided (sample.voided)
+# or superseded by a new draw of the wave. It is terminal, reached only through ``withdraw_forms``
+# (never by hand, hence not in TRANSITIONS["assigned"]), and left out of the progress counts; the
+# row and its history stay, so its form code is never handed out again.
+WITHDRAWN = "withdrawn"
+WITHDRAWN_MESSAGE = "form withdrawn: its draw was reset"
 TRANSITIONS: dict[str, frozenset[str]] = {
     "assigned": frozenset({"dispatched", "collected", "refused", "unreachable", "ineligible"}),
     "dispatched": frozenset({"collected", "refused", "unreachable", "ineligible"}),
@@ -46,6 +52,7 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     "ineligible": frozenset({"replaced"}),
     "collected": frozenset(),
     "replaced": frozenset(),
+    WITHDRAWN: frozenset(),
 }
 # Outcomes that ask sampling for the next reserve unit.
 NEEDS_REPLACEMENT = frozenset({"refused", "unreachable", "ineligible"})
@@ -158,7 +165,7 @@ _FORM_COLUMNS = {
     "id": "text", "wave_id": "text", "unit_id": "text", "form_code": "text", "serial": "integer", "role": "text",
     "stratum": "text", "province_code": "text", "commune_code": "text", "status": "text", "post_office": "text",
     "enumerator_id": "text", "replaces_form_id": "text", "reserve_exhausted": "boolean", "change_seq": "bigint",
-    "opened_at": "timestamptz", "created_at": "timestamptz", "updated_at": "timestamptz",
+    "opened_at": "timestamptz", "created_at": "timestamptz", "updated_at": "timestamptz", "draw_id": "text",
 }
 _PG_FORMS = text(
     f"INSERT INTO form ({', '.join(_FORM_COLUMNS)}) SELECT {', '.join('r.' + c for c in _FORM_COLUMNS)} "
@@ -287,11 +294,18 @@ async def create_forms(
     *,
     actor: str,
     replaces: dict[str, str] | None = None,
+    draw_id: str | None = None,
 ) -> list[dict]:
     """One form per unit not yet having one (idempotent by ``unit_id``, which is unique).
-    ``replaces`` maps a new unit id to the id of the form it replaces."""
+    ``replaces`` maps a new unit id to the id of the form it replaces.
+
+    ``draw_id`` is the units' draw (``enter_draw``): the first units of a new draw of the wave
+    withdraw the assigned forms of older draws (the ``sample.voided`` of the older one may come
+    later, or never from a producer older than it), and units of a voided draw get no form."""
     units = list(units)
     if not units:
+        return []
+    if draw_id is not None and not await enter_draw(session, tables, wave_id, draw_id):
         return []
     ids = [str(u.unit_id) for u in units]
     have = set(
@@ -326,6 +340,7 @@ async def create_forms(
                 "opened_at": None,
                 "created_at": now,
                 "updated_at": now,
+                "draw_id": draw_id,
             }
         )
     if is_pg(session):
@@ -338,6 +353,74 @@ async def create_forms(
     )
     await stage_events(session, tables["outbox"], [_status_event(r, "assigned") for r in rows])
     return rows
+
+
+# ---------------------------------------------------------------------- draws and withdrawal
+
+
+async def enter_draw(session: AsyncSession, tables: dict[str, Table], wave_id: str, draw_id: str) -> bool:
+    """Note ``draw_id`` as the wave's draw in use; False when it was voided already (its forms
+    must not be made). The first time a draw is seen, the wave's other draws become voided
+    (superseded: sampling draws again only after a reset) and their assigned forms are withdrawn.
+    Forms made before survey_0003 have no draw and are left alone: a replacement or redelivered
+    chunk of the draw they belong to would otherwise withdraw a wave in the field. Later chunks
+    of the draw find it noted and change nothing else (a wave's 200 chunks do not each scan its
+    forms)."""
+    await _lock_wave(session, wave_id)  # wave first, like every writer of the wave's forms
+    status = await session.scalar(select(sample_draw.c.status).where(sample_draw.c.draw_id == draw_id))
+    if status is not None:
+        return status == "active"
+    now = utcnow()
+    await session.execute(sample_draw.insert().values(
+        draw_id=draw_id, wave_id=wave_id, status="active", reason=None, changed_at=now))
+    reason = f"superseded by draw {draw_id}"
+    await session.execute(
+        update(sample_draw)
+        .where(sample_draw.c.wave_id == wave_id, sample_draw.c.draw_id != draw_id, sample_draw.c.status == "active")
+        .values(status="voided", reason=reason, changed_at=now)
+    )
+    await withdraw_forms(session, tables, wave_id, form.c.draw_id != draw_id,
+                         reason="draw reset: a new draw replaced it", actor="sampling")
+    return True
+
+
+async def void_draw(session: AsyncSession, tables: dict[str, Table], wave_id: str, draw_id: str, reason: str) -> int:
+    """``sample.voided``: the draw is voided for good (a chunk of it arriving later makes no form)
+    and its assigned forms are withdrawn. Returns how many were withdrawn (0 on a redelivery)."""
+    await _lock_wave(session, wave_id)
+    now = utcnow()
+    known = await session.execute(
+        update(sample_draw).where(sample_draw.c.draw_id == draw_id, sample_draw.c.status != "voided")
+        .values(status="voided", reason=reason[:500], changed_at=now)
+    )
+    if known.rowcount == 0:
+        await session.execute(
+            insert_for(session, sample_draw)
+            .values(draw_id=draw_id, wave_id=wave_id, status="voided", reason=reason[:500], changed_at=now)
+            .on_conflict_do_nothing(index_elements=["draw_id"])
+        )
+    return await withdraw_forms(session, tables, wave_id, form.c.draw_id == draw_id,
+                                reason=f"draw reset: {reason}"[:200], actor="sampling")
+
+
+async def withdraw_forms(session: AsyncSession, tables: dict[str, Table], wave_id: str, which, *, reason: str,
+                         actor: str) -> int:
+    """Move the wave's ``assigned`` forms matching ``which`` to ``withdrawn`` (history, a change
+    number each so the Vietnam Post pull shows the withdrawal, ``form.status_changed``). Only
+    ``assigned`` ones: a reset is refused once the wave is in the field, so no other form of a
+    voided draw should exist, and one that does (answered online early) keeps its outcome."""
+    rows = (await session.execute(
+        select(form).where(form.c.wave_id == wave_id, form.c.status == "assigned", which).order_by(form.c.change_seq)
+    )).mappings().all()
+    await apply_moves(session, tables, wave_id, [Move(dict(r), WITHDRAWN, reason) for r in rows], actor=actor)
+    return len(rows)
+
+
+def refuse_withdrawn(row: dict) -> None:
+    """A withdrawn form takes no answer, status or keying: a clear 409 rather than "cannot go
+    from withdrawn to …"."""
+    if row["status"] == WITHDRAWN:
+        raise InvalidState(WITHDRAWN_MESSAGE, reason="form_withdrawn", form_code=row["form_code"])
 
 
 # ---------------------------------------------------------------------- reading
@@ -462,6 +545,7 @@ async def change_status(
     row = await get_form(session, form_code)
     if status == "replaced":
         raise InvalidState("A form is replaced when sampling releases the replacement unit, not by hand.")
+    refuse_withdrawn(row)
     check_move(row, status)
     await apply_moves(session, tables, row["wave_id"], [Move(row, status, reason, replacement_reason)], actor=actor)
     return row
@@ -523,16 +607,20 @@ async def assign(
 
 async def on_unit_replaced(
     session: AsyncSession, tables: dict[str, Table], wave_id: str, replaced_unit_id: str,
-    replacement: SampledUnit | None, reserve_exhausted: bool,
+    replacement: SampledUnit | None, reserve_exhausted: bool, draw_id: str | None = None,
 ) -> None:
     old = (await session.execute(select(form).where(form.c.unit_id == replaced_unit_id))).mappings().first()
     old = dict(old) if old is not None else None
+    # The units' draw: from the event, else (older producers) the replaced unit's form.
+    draw_id = draw_id or (old["draw_id"] if old else None)
+    if draw_id is not None and not await enter_draw(session, tables, wave_id, draw_id):
+        return  # a replacement in a voided draw: nothing of that draw is fielded
     if replacement is not None:
         await create_forms(
             session, tables, wave_id, [replacement], actor="sampling",
-            replaces={str(replacement.unit_id): old["id"]} if old else None,
+            replaces={str(replacement.unit_id): old["id"]} if old else None, draw_id=draw_id,
         )
-    if old is None:
+    if old is None or old["status"] == WITHDRAWN:
         return
     if replacement is not None and old["status"] != "replaced":
         if "replaced" in TRANSITIONS[old["status"]]:

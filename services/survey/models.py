@@ -65,10 +65,27 @@ form = Table(
     Column("opened_at", UTCDateTime(), nullable=True),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
+    # The sampling draw the form's unit belongs to (survey_0003; null for forms made before it),
+    # so the forms of a voided draw can be withdrawn.
+    Column("draw_id", String(36), nullable=True),
     UniqueConstraint("unit_id", name="uq_form_unit"),
     UniqueConstraint("form_code", name="uq_form_code"),
     Index("ix_form_wave_change", "wave_id", "change_seq"),
     Index("ix_form_wave_status", "wave_id", "status"),
+)
+
+# The draws of each wave survey has heard of. ``voided``: reset in sampling (sample.voided) or
+# superseded by a later draw of the wave; a chunk or replacement of such a draw arriving late (the
+# bus does not keep order across redeliveries) creates no form.
+sample_draw = Table(
+    "sample_draw",
+    metadata,
+    Column("draw_id", String(36), primary_key=True),
+    Column("wave_id", String(36), nullable=False),
+    Column("status", String(10), nullable=False),  # active | voided
+    Column("reason", String(500), nullable=True),
+    Column("changed_at", UTCDateTime(), nullable=False),
+    Index("ix_sample_draw_wave", "wave_id", "status"),
 )
 
 # Every status move of every form, oldest first.

@@ -109,6 +109,7 @@ async def open_form(app: FastAPI, session: AsyncSession, code: str, wave_code: s
                            reason="wave_closed")
     if row["status"] == "collected":
         raise InvalidState("This form has been answered already.", reason="already_answered")
+    F.refuse_withdrawn(row)
     if row["status"] not in F.OPEN:
         raise InvalidState("This form is no longer in use.", reason="form_closed")
     return row, wave_row

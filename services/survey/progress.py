@@ -1,5 +1,5 @@
 """Fieldwork progress: form counts per wave, province and enumerator, as JSON and as Prometheus
-gauges. Labels are wave codes, province codes, staff codes of enumerators and statuses -- never
+gauges. Withdrawn forms (their draw was reset) are not part of the fieldwork and are not counted. Labels are wave codes, province codes, staff codes of enumerators and statuses -- never
 a respondent's data. The gauges are refreshed from the database when ``/metrics`` is scraped
 (``ProgressOnScrape``), so every replica reports the same, current figures."""
 
@@ -11,7 +11,7 @@ from prometheus_client import Gauge
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.survey.forms import STATUSES
+from services.survey.forms import STATUSES, WITHDRAWN
 from services.survey.models import form, wave
 
 FORMS = Gauge("sipas_survey_forms", "Forms by wave, province and status", ["wave", "province", "status"])
@@ -30,7 +30,7 @@ async def progress(session: AsyncSession, wave_id: str, province_code: str | Non
         select(form.c.province_code, form.c.enumerator_id, form.c.status,
                func.count().label("n"),
                func.sum(func.cast(form.c.reserve_exhausted, form.c.serial.type)).label("exhausted"))
-        .where(form.c.wave_id == wave_id)
+        .where(form.c.wave_id == wave_id, form.c.status != WITHDRAWN)
         .group_by(form.c.province_code, form.c.enumerator_id, form.c.status)
     )
     if province_code is not None:
@@ -62,6 +62,7 @@ async def refresh_gauges(sessions) -> None:
             select(form.c.wave_id, form.c.province_code, form.c.enumerator_id, form.c.status,
                    func.count().label("n"),
                    func.sum(func.cast(form.c.reserve_exhausted, form.c.serial.type)).label("exhausted"))
+            .where(form.c.status != WITHDRAWN)
             .group_by(form.c.wave_id, form.c.province_code, form.c.enumerator_id, form.c.status)
         )).mappings().all()
     by_province: dict[tuple, int] = {}

@@ -46,6 +46,14 @@ def error(code: str, message: str, item: str | None = None) -> dict:
     return {"code": code, "item": item, "message": message}
 
 
+def withdrawn_result(row: dict) -> dict | None:
+    """The per-record answer for a withdrawn form (its draw was reset): a ``conflict`` with its
+    own error code, so Vietnam Post drops the form instead of retrying or fixing the record."""
+    if row["status"] != F.WITHDRAWN:
+        return None
+    return record_result(row["form_code"], "conflict", row["status"], [error("form_withdrawn", F.WITHDRAWN_MESSAGE)])
+
+
 def answer_batch_digest(batch_id: str, wave_id: str, records: list[dict]) -> str:
     """Identity of an answer batch's content, canonical (key order and spacing do not count).
     Each record's answers are hashed once (``content_hash``, the same digest a stored response
@@ -140,7 +148,9 @@ async def push_statuses(
             results.append(rejected)
             continue
         target = rec["status"]
-        if row["status"] == target:
+        if (withdrawn := withdrawn_result(row)) is not None:
+            results.append(withdrawn)
+        elif row["status"] == target:
             results.append(record_result(row["form_code"], "unchanged", row["status"]))
         elif row["status"] not in F.OPEN:
             results.append(record_result(row["form_code"], "conflict", row["status"], [
@@ -173,6 +183,9 @@ async def push_answers(
         row, rejected = _lookup(rows, wave_id, rec["form_code"], seen)
         if rejected:
             results.append(rejected)
+            continue
+        if (withdrawn := withdrawn_result(row)) is not None:
+            results.append(withdrawn)
             continue
         digest = rec.get("answers_hash") or F.content_hash(rec["answers"])
         if row["id"] in open_corr:
@@ -268,11 +281,16 @@ _PG_RESPONSES = text(
 
 async def pull(session: AsyncSession, wave_id: str, since: int, limit: int) -> dict[str, Any]:
     """Forms of a wave changed after ``since`` (the cursor of the previous page), oldest change
-    first. Contacts are not here: Vietnam Post reads them from sampling by unit id."""
+    first. Contacts are not here: Vietnam Post reads them from sampling by unit id.
+
+    Withdrawn forms (their draw was reset) are left out of a pull from the start (``since=0``):
+    that client never had them. A client polling with a later cursor gets each withdrawal once,
+    as the form with status ``withdrawn``, so it drops a form it pulled before the reset."""
     await F.get_wave(session, wave_id)
-    rows = (await session.execute(
-        select(form).where(form.c.wave_id == wave_id, form.c.change_seq > since).order_by(form.c.change_seq).limit(limit)
-    )).mappings().all()
+    query = select(form).where(form.c.wave_id == wave_id, form.c.change_seq > since)
+    if since == 0:
+        query = query.where(form.c.status != F.WITHDRAWN)
+    rows = (await session.execute(query.order_by(form.c.change_seq).limit(limit))).mappings().all()
     corrections = await C.open_corrections(session, [r["id"] for r in rows if r["status"] == "collected"])
     items = []
     for r in rows:

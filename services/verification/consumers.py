@@ -4,7 +4,7 @@
 * sample (sampling): ``sample.drawn`` chunks and ``unit.replaced`` keep a copy of the sample
   (which units are in it, with their design fields: stratum, cluster ``psu``/``ssu``, inclusion
   probability ``pi``, base weight) to reject forms of units outside it and to put the design
-  fields on accepted forms;
+  fields on accepted forms; ``sample.voided`` drops the units of a draw the ministry reset;
 * forms (survey): ``form.status_changed`` feeds the quality counts (dispatched, enumerator);
 * responses (survey): ``response.submitted`` is screened and decided at once;
 * data entry (survey): ``data_entry.compared`` feeds entry verification.
@@ -25,7 +25,7 @@ from services.verification.models import wave
 from shared.service import Consumer
 from shared.waves import WAVE_EVENTS, wave_replica_effect
 
-SAMPLE_EVENTS = ["sipas.sampling.sample.drawn.v1", "sipas.sampling.unit.replaced.v1"]
+SAMPLE_EVENTS = ["sipas.sampling.sample.drawn.v1", "sipas.sampling.unit.replaced.v1", "sipas.sampling.sample.voided.v1"]
 FORM_EVENTS = ["sipas.survey.form.status_changed.v1"]
 RESPONSE_EVENTS = ["sipas.survey.response.submitted.v1"]
 ENTRY_EVENTS = ["sipas.survey.data_entry.compared.v1"]
@@ -40,6 +40,9 @@ def make_consumers(get_app: Callable[[], FastAPI | None]) -> list[Consumer]:
 
     async def on_sample(session, payload, envelope) -> None:
         the_app = app()
+        if envelope.type == "sipas.sampling.sample.voided.v1":
+            await service.take_sample_voided(session, payload)
+            return
         if envelope.type == "sipas.sampling.sample.drawn.v1":
             units = await service.take_sample_chunk(session, payload)
         else:

@@ -39,7 +39,7 @@ from services.verification.models import (
 from services.verification.schemas import DrawRequest, OutcomeRecord, ReviewAction, ScreeningParametersUpdate
 from shared import audit
 from shared.auth import Principal, SCOPED_ROLES, ensure_province_visible, ensure_province_writable
-from shared.contracts.sampling import SampleDrawn, SampledUnit, UnitReplaced
+from shared.contracts.sampling import SampleDrawn, SampledUnit, SampleVoided, UnitReplaced
 from shared.contracts.survey import DataEntryCompared, FormStatusChanged, ResponseSubmitted
 from shared.contracts.verification import CorrectionRequested, ResponseAccepted, ResponseRejected
 from shared.db import insert_for, utcnow
@@ -281,6 +281,17 @@ async def take_sample_chunk(session: AsyncSession, payload: SampleDrawn) -> list
     return [r["unit_id"] for r in rows]
 
 
+async def take_sample_voided(session: AsyncSession, payload: SampleVoided) -> int:
+    """The draw was reset in sampling: its units leave the sample, so a response for one of them
+    is rejected as not in the sample (none should come: a reset happens before fieldwork).
+    Returns how many were dropped; a redelivery drops nothing more."""
+    table = SampleUnit.__table__
+    done = await session.execute(
+        table.delete().where(table.c.wave_id == str(payload.wave_id), table.c.draw_id == str(payload.draw_id))
+    )
+    return done.rowcount or 0
+
+
 async def take_replacement(session: AsyncSession, payload: UnitReplaced) -> list[str]:
     """The replaced unit leaves the sample; the released reserve unit joins it."""
     wave_id = str(payload.wave_id)
@@ -291,7 +302,8 @@ async def take_replacement(session: AsyncSession, payload: UnitReplaced) -> list
         .values(replaced=True)
     )
     if payload.replacement is not None:
-        draw = await session.scalar(select(SampleUnit.draw_id).where(SampleUnit.wave_id == wave_id).limit(1))
+        draw = str(payload.draw_id) if payload.draw_id else await session.scalar(
+            select(SampleUnit.draw_id).where(SampleUnit.wave_id == wave_id).limit(1))
         values = _unit_values(wave_id, draw or "", "replacement", payload.replacement)
         await session.execute(
             insert_for(session, table).values(values).on_conflict_do_nothing(index_elements=["wave_id", "unit_id"])

@@ -109,6 +109,27 @@ class UnitReplaced(EventData):
     reason: ReplacementReason
     replacement: SampledUnit | None
     reserve_exhausted: bool
+    # The draw both units belong to, so a consumer can tell a replacement of a voided draw from
+    # one of the draw in use (optional: older producers did not send it).
+    draw_id: uuid.UUID | None = None
+
+    def subject(self) -> str:
+        return str(self.wave_id)
+
+
+@contract
+class SampleVoided(EventData):
+    """A wave's draw was voided by the ministry's audited reset, before fieldwork: its units are
+    no longer the sample. Consumers drop what they hold of that draw (survey withdraws its forms,
+    verification its copy of the units); a later draw of the wave comes as a new ``sample.drawn``
+    with another ``draw_id``. ``reason`` is the ministry's reason for the reset."""
+
+    event_type = "sipas.sampling.sample.voided.v1"
+    producer = "sampling"
+    wave_id: uuid.UUID
+    draw_id: uuid.UUID
+    reason: str
+    voided_at: dt.datetime
 
     def subject(self) -> str:
         return str(self.wave_id)

@@ -10,7 +10,9 @@ from shared.contracts.sampling import ReplacementReason
 from shared.events import EventData, contract
 
 Channel = Literal["paper", "online", "phone"]
-FormStatus = Literal["assigned", "dispatched", "collected", "refused", "unreachable", "ineligible", "replaced"]
+FormStatus = Literal[
+    "assigned", "dispatched", "collected", "refused", "unreachable", "ineligible", "replaced", "withdrawn"
+]
 # An answer: 1-5 (or 1-3, 1-2) codes, None = blank, "na" = did not apply, option codes, lists.
 Answer = int | str | list[str] | None
 
@@ -28,7 +30,8 @@ class _FormEvent(EventData):
 @contract
 class FormStatusChanged(_FormEvent):
     """A form moved along assigned → dispatched → collected | refused | unreachable | ineligible
-    → replaced. Feeds verification's quality counts (dispatched, returned…)."""
+    → replaced, or from assigned to ``withdrawn`` (its draw was reset: the form is out of the
+    fieldwork for good). Feeds verification's quality counts (dispatched, returned…)."""
 
     event_type = "sipas.survey.form.status_changed.v1"
     province_code: str

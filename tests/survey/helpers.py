@@ -50,8 +50,11 @@ async def setup_wave(stack, units: list[SampledUnit], *, code: str = "SIPAS-2026
     return wave_id
 
 
-async def publish_sample(stack, wave_id, units, *, chunks: int = 1, methodology: str = "sipas-2017") -> None:
-    draw_id = uuid.uuid4()
+async def publish_sample(stack, wave_id, units, *, chunks: int = 1, methodology: str = "sipas-2017",
+                         draw_id: uuid.UUID | str | None = None) -> None:
+    """The sample as ``sample.drawn`` chunks of one draw: a new draw unless ``draw_id`` names one
+    (a redelivery; a new draw of the wave withdraws the assigned forms of the older ones)."""
+    draw_id = draw_id or uuid.uuid4()
     size = -(-len(units) // chunks)
     for i in range(chunks):
         await stack.bus.publish(make_event(SampleDrawn(

@@ -22,8 +22,10 @@ async def test_sample_drawn_creates_one_form_per_sampled_unit_idempotently(stack
     wave_id = await setup_wave(stack, units, chunks=3)
     assert await count_forms(stack, wave_id) == 7
 
-    # A redelivered chunk and a re-published sample change nothing (unit_id is unique).
-    await publish_sample(stack, wave_id, units, chunks=2)
+    # A redelivered chunk and a re-published sample of the same draw change nothing (unit_id is unique).
+    async with stack.apps["survey"].state.sessions() as session:
+        draw_id = await session.scalar(select(form.c.draw_id).where(form.c.wave_id == str(wave_id)).limit(1))
+    await publish_sample(stack, wave_id, units, chunks=2, draw_id=draw_id)
     ministry = await clients.key("ministry")
     r = await clients.survey.get("/v1/forms", params={"wave_id": str(wave_id)}, headers=ministry)
     assert r.status_code == 200, r.text
