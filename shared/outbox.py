@@ -209,26 +209,35 @@ def idempotent_handler(
 
 
 def idempotent_batch_handler(
-    sessions: async_sessionmaker[AsyncSession], inbox: Table, consumer: str, effect: EffectFn
+    sessions: async_sessionmaker[AsyncSession], inbox: Table, consumer: str, effect: EffectFn,
+    batch_effect: Callable[[AsyncSession, list[tuple[Any, Envelope]]], Awaitable[None]] | None = None,
 ) -> Callable[[list[Envelope]], Awaitable[None]]:
     """``idempotent_handler`` for several events in one transaction: the same inbox rows and
     effects, one commit. If any effect fails nothing is kept, and the bus falls back to the
-    per-event handler (``EventBus.handle_batch``)."""
+    per-event handler (``EventBus.handle_batch``). ``batch_effect``, if given, takes all the
+    batch's new events at once instead of ``effect`` one by one."""
 
     async def handle_batch(events: list[Envelope]) -> None:
         async with sessions() as session, session.begin():
             new = await record_inbox_many(session, inbox, consumer, events)
+            fresh: list[Envelope] = []
             for event in events:
                 key = str(event.id)
                 if key not in new:
                     log.info("skipping %s %s: already handled", event.type, event.id)
                     continue
                 new.discard(key)  # a second copy in the same batch is a redelivery too
-                token = set_correlation_id(event.correlation_id)
-                try:
-                    await effect(session, event.payload(), event)
-                finally:
-                    reset_correlation_id(token)
+                fresh.append(event)
+            if batch_effect is not None:
+                if fresh:
+                    await batch_effect(session, [(event.payload(), event) for event in fresh])
+            else:
+                for event in fresh:
+                    token = set_correlation_id(event.correlation_id)
+                    try:
+                        await effect(session, event.payload(), event)
+                    finally:
+                        reset_correlation_id(token)
         log.info("handled %d events", len(events), extra={"consumer": consumer})
 
     return handle_batch

@@ -60,6 +60,10 @@ class Consumer:
     name: str
     patterns: list[str]
     effect: Effect
+    # Optional: the effect of several new events at once, ``(session, [(payload, envelope)])``,
+    # for consumers whose work sums well over a batch (indexing's provisional sums). Without
+    # it a batch runs ``effect`` per event; a failed batch always falls back to ``effect``.
+    batch_effect: Callable[[AsyncSession, list[tuple[Any, Envelope]]], Awaitable[None]] | None = None
 
 
 @dataclass
@@ -145,7 +149,9 @@ def build_app(spec: ServiceSpec, settings: ServiceSettings, *, bus: EventBus | N
                     consumer.patterns,
                     idempotent_handler(sessions, inbox, consumer.name, consumer.effect),
                     service=spec.name,
-                    batch_handler=idempotent_batch_handler(sessions, inbox, consumer.name, consumer.effect),
+                    batch_handler=idempotent_batch_handler(
+                        sessions, inbox, consumer.name, consumer.effect, consumer.batch_effect
+                    ),
                 )
             )
         relay.start()

@@ -20,6 +20,10 @@ async def decision_effect(session, payload, envelope) -> None:
     await service.apply_decision(session, payload)
 
 
+async def decisions_effect(session, items) -> None:
+    await service.apply_decisions(session, [payload for payload, _ in items])
+
+
 async def sample_effect(session, payload, envelope) -> None:
     await service.apply_sample_drawn(session, payload)
 
@@ -30,6 +34,7 @@ CONSUMERS = [
         "decisions",
         ["sipas.verification.response.accepted.v1", "sipas.verification.response.rejected.v1"],
         decision_effect,
+        batch_effect=decisions_effect,
     ),
     Consumer("sample", ["sipas.sampling.sample.drawn.v1"], sample_effect),
 ]

@@ -375,3 +375,54 @@ async def test_api_roles_errors_paging_csv_and_bring_your_own_data(stack, client
     assert _cell(mine["cells"], "province", "01", "sipas", "sipas", "none")["value"] == pytest.approx(75.0)
     # ... and still cannot compute one.
     assert (await clients.indexing.post(f"/v1/waves/{own_wave}/runs", headers=province)).status_code == 403
+
+
+async def test_a_batch_of_decisions_leaves_the_same_accepted_set_and_sums_as_one_at_a_time(stack):
+    """The consumer hands ``apply_decisions`` what has queued (one transaction, sums added per
+    cell): a reversal, a newer answer set, a redelivery and an older decision arriving late in
+    the same batch must leave exactly what applying them one by one leaves."""
+    from services.indexing import service
+    from services.indexing.models import form_decision, provisional_stratum, provisional_sum
+    from shared.db import transaction
+
+    app = stack.apps["indexing"]
+    rows = fixture_rows()[0][:30]
+    changed = {**rows[1], "answers": {k: (v % 5) + 1 if isinstance(v, int) else v for k, v in rows[1]["answers"].items()}}
+
+    def decisions(wave):
+        return [accepted(wave, r) for r in rows] + [
+            rejected(wave, rows[0]["form_code"], version=2),  # a reversal
+            accepted(wave, changed, version=2),  # new answers for a form
+            accepted(wave, rows[2]),  # a redelivery
+            rejected(wave, rows[4]["form_code"], version=3),
+            accepted(wave, rows[4], version=2),  # older than what is held by now
+        ]
+
+    one_by_one, batched = str(uuid.uuid4()), str(uuid.uuid4())
+    singles = []
+    for d in decisions(one_by_one):
+        async with transaction(app.state.sessions) as session:
+            singles.append(await service.apply_decision(session, d))
+    async with transaction(app.state.sessions) as session:
+        outcomes = await service.apply_decisions(session, decisions(batched))
+    assert outcomes == singles == ["applied"] * 30 + ["applied", "applied", "duplicate", "applied", "older"]
+
+    async def state(wave):
+        async with app.state.sessions() as session:
+            forms = (await session.execute(select(form_decision).where(form_decision.c.wave_id == wave)
+                                           .order_by(form_decision.c.form_code))).mappings().all()
+            sums = (await session.execute(select(provisional_sum).where(provisional_sum.c.wave_id == wave)
+                                          .order_by(provisional_sum.c.stratum, provisional_sum.c.item))).mappings().all()
+            strata = (await session.execute(select(provisional_stratum).where(provisional_stratum.c.wave_id == wave)
+                                            .order_by(provisional_stratum.c.stratum))).mappings().all()
+        drop = {"wave_id", "id", "received_at", "payload_hash"}  # the hash covers the wave id
+        return ([{k: v for k, v in r.items() if k not in drop} for r in forms],
+                [{k: (round(v, 9) if isinstance(v, float) else v) for k, v in r.items() if k not in drop} for r in sums],
+                [{k: (round(v, 9) if isinstance(v, float) else v) for k, v in r.items() if k not in drop} for r in strata])
+
+    a, b = await state(one_by_one), await state(batched)
+    assert a == b
+    forms = {r["form_code"]: r for r in b[0]}
+    assert forms[rows[0]["form_code"]]["status"] == "rejected" and forms[rows[4]["form_code"]]["status"] == "rejected"
+    assert forms[changed["form_code"]]["answers"] == changed["answers"]
+    assert sum(r["forms"] for r in b[2]) == 28  # 30 accepted, two reversed
