@@ -151,19 +151,22 @@ async def publish_decision(
     principal: Principal | None,
     reason: str | None = None,
     methodology: Methodology | None = None,
+    response: Response | None = None,
+    unit: SampleUnit | None = None,
 ) -> Decision:
     """Publish ``response.accepted`` or ``response.rejected`` as the form's next decision.
 
     A decision whose kind differs from the one published before is a reversal: it is flagged
-    ``reverses=True`` and must say why."""
+    ``reverses=True`` and must say why. ``response`` and ``unit``: the form's current response
+    and its sample unit when the caller holds them already (screening a new response does), so
+    they are not read again."""
     reverses = form.published is not None and form.published != kind
     if reverses and not reason:
         raise BadRequest("A reversal of a published decision needs a reason (field `reason`).")
-    response = None
-    if form.response_id is not None:
-        response = await session.scalar(
-            _RESPONSE, {"response_id": form.response_id, "revision": form.revision}
-        )
+    if response is None or (response.response_id, response.revision) != (form.response_id, form.revision):
+        response = None
+        if form.response_id is not None:
+            response = await session.scalar(_RESPONSE, {"response_id": form.response_id, "revision": form.revision})
     form.decision_version += 1
     now = utcnow()
     actor = principal.actor if principal else SYSTEM
@@ -193,9 +196,8 @@ async def publish_decision(
         reason=reason,
     )
     if kind == "accepted":
-        unit = await session.scalar(
-            _SAMPLE_UNIT, {"wave_id": form.wave_id, "unit_id": form.unit_id}
-        )
+        if unit is None or (unit.wave_id, unit.unit_id) != (form.wave_id, form.unit_id):
+            unit = await session.scalar(_SAMPLE_UNIT, {"wave_id": form.wave_id, "unit_id": form.unit_id})
         if unit is None or response is None or methodology is None:
             raise InvalidState("Only a response of a sampled unit can be accepted.")
         event = ResponseAccepted(
@@ -493,20 +495,24 @@ async def take_response(
                            wave_id=wave_id, details={"response_id": response.response_id, "rule": "duplicate"})
         return
 
-    previous = (form.response_id, form.revision)
-    form.response_id, form.revision = response.response_id, response.revision
-    form.unit_id = response.unit_id
-    form.province_code = payload.province_code
-    form.commune_code = payload.commune_code
-    form.enumerator_id = payload.enumerator_id or form.enumerator_id
-    await _history(session, form, SYSTEM, "received", "received",
-                   details={"response_id": response.response_id, "revision": response.revision, "channel": response.channel})
-    form.state = "received"
-    reason = None
-    if previous[0] is not None:
-        reason = f"new response {response.response_id} revision {response.revision}"
-    await _screen_and_decide(session, tables, methodology, parameters, param_version, form, response, reason=reason,
-                             new_response=True)
+    # From here the form, its response and history only change: no query needs to see them
+    # before the end, so they go to the database in one flush (one UPDATE of the form, the
+    # response inserted with its outcome) instead of one per autoflushing query.
+    with session.no_autoflush:
+        previous = (form.response_id, form.revision)
+        form.response_id, form.revision = response.response_id, response.revision
+        form.unit_id = response.unit_id
+        form.province_code = payload.province_code
+        form.commune_code = payload.commune_code
+        form.enumerator_id = payload.enumerator_id or form.enumerator_id
+        await _history(session, form, SYSTEM, "received", "received",
+                       details={"response_id": response.response_id, "revision": response.revision, "channel": response.channel})
+        form.state = "received"
+        reason = None
+        if previous[0] is not None:
+            reason = f"new response {response.response_id} revision {response.revision}"
+        await _screen_and_decide(session, tables, methodology, parameters, param_version, form, response, reason=reason,
+                                 new_response=True)
     await _escalated_enumerator_joins(session, form)
 
 
@@ -545,14 +551,13 @@ async def _screen_and_decide(
     form.updated_at = utcnow()
     await _history(session, form, SYSTEM, "screened", outcome, from_state=before, reason_codes=reasons or None,
                    details={"findings": findings, "parameters_version": param_version})
-    await session.flush()
     basis = {"rules": findings, "parameters": parameters, "parameters_version": param_version,
              "methodology_version": methodology.id}
     if outcome in ("accepted", "rejected") and (new_response or form.published != outcome):
         if reason is None and form.published is not None and form.published != outcome:
             reason = f"screening parameters changed (version {param_version})"
         await publish_decision(session, tables, form, outcome, reasons=reasons, basis=basis, decided_by="rule",
-                               principal=None, reason=reason, methodology=methodology)
+                               principal=None, reason=reason, methodology=methodology, response=response, unit=unit)
     return changed
 
 
