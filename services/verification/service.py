@@ -441,8 +441,15 @@ async def take_response(
     wave_id = str(payload.wave_id)
     # The methodology first: if survey cannot be reached this raises before any work and the
     # bus redelivers later.
-    methodology = await methodology_for(app, session, wave_id, payload.methodology_version)
-    parameters, _, param_version = await parameters_for(session, methodology, wave_id)
+    # A consumer's batch screens many responses of one wave in one transaction: the wave's
+    # methodology and screening parameters are read once per batch (the session), not per
+    # response. Only consumers come here; the API's parameter changes use their own sessions.
+    memo = session.info.setdefault("screening_context", {})
+    key = (wave_id, payload.methodology_version)
+    if key not in memo:
+        methodology = await methodology_for(app, session, wave_id, payload.methodology_version)
+        memo[key] = (methodology, *(await parameters_for(session, methodology, wave_id)))
+    methodology, parameters, _, param_version = memo[key]
     content = payload.model_dump(mode="json")
     print_ = screening.fingerprint(content)
     existing = await session.scalar(
