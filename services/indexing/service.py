@@ -163,7 +163,7 @@ def _is_item_key(code: str) -> bool:
 
 @functools.lru_cache(maxsize=4)
 def _provisional_upserts(dialect: str) -> tuple[Any, Any]:
-    """The two upserts of ``_add_provisional``, built once per dialect: executed with a list of
+    """The two upserts of ``ProvisionalDeltas.write``, built once per dialect: executed with a list of
     rows (executemany), the statement is compiled once instead of once per form — building a
     22-row multi-VALUES statement was most of a decision's cost."""
     cells = insert_for(dialect, provisional_sum)

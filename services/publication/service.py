@@ -33,9 +33,8 @@ from services.publication.schemas import (
 from shared import audit
 from shared.auth import Principal
 from shared.contracts.publication import ReleasePublished
-from shared.db import utcnow
+from shared.db import insert_for, utcnow
 from shared.errors import Conflict, InvalidState, NotFound
-from shared.db import insert_for
 from shared.outbox import add_event
 from shared.peers import call
 

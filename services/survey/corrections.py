@@ -21,9 +21,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.survey import forms as F
 from services.survey.models import correction, form, form_history, response
 from shared.contracts.survey import ResponseSubmitted
-from shared.db import utcnow
+from shared.db import insert_for, utcnow
 from shared.methodology import Methodology
-from shared.db import insert_for
 
 log = logging.getLogger("sipas.survey.corrections")
 

@@ -28,11 +28,10 @@ from services.survey.form_code import ALPHABET, MAX_SERIAL, make_form_code
 from services.survey.models import form, form_history, sample_draw, wave, wave_counter
 from shared.contracts.sampling import SampledUnit
 from shared.contracts.survey import FormStatusChanged, ReplacementRequested
-from shared.db import utcnow
+from shared.db import insert_for, utcnow
 from shared.events import SPEC_VERSION, EventData
 from shared.observability import current_correlation_id
 from shared.errors import InvalidState, NotFound
-from shared.db import insert_for
 
 STATUSES = ("assigned", "dispatched", "collected", "refused", "unreachable", "ineligible", "replaced")
 # assigned → dispatched → collected | refused | unreachable | ineligible, then replaced. A form

@@ -1,5 +1,6 @@
 """Fieldwork progress: form counts per wave, province and enumerator, as JSON and as Prometheus
-gauges. Withdrawn forms (their draw was reset) are not part of the fieldwork and are not counted. Labels are wave codes, province codes, staff codes of enumerators and statuses -- never
+gauges. Withdrawn forms (their draw was reset) are not part of the fieldwork and are not
+counted. Labels are wave codes, province codes, staff codes of enumerators and statuses -- never
 a respondent's data. The gauges are refreshed from the database when ``/metrics`` is scraped
 (``ProgressOnScrape``), so every replica reports the same, current figures."""
 

@@ -27,10 +27,9 @@ from services.survey.models import form, response, vnpost_batch
 from services.survey.versions import methodology
 from shared.auth import Principal
 from shared.contracts.survey import ResponseSubmitted
-from shared.db import utcnow
+from shared.db import insert_for, utcnow
 from shared.errors import Conflict, Forbidden, InvalidState, NotFound
 from shared.methodology import Methodology
-from shared.db import insert_for
 
 MAX_BATCH = 5000
 # A 5,000-form answer batch is about 5 MB of JSON; anything far above is refused before parsing.

@@ -7,12 +7,12 @@ blocks another consumer, and the order of events per queue is kept.
 Memory does not survive a crash, so "the bus has the event" must mean more than "it is in a
 list": ``publish`` returns only once every bound queue's consumer has handled the event (or
 dead-lettered it); ``publish_many`` queues a whole outbox batch first and then waits for all of
-it, so consumers work through it together instead of one event per round trip. The outbox marks a row sent only then, so a process killed with events in
-flight still has them as unsent outbox rows and publishes them again at start-up; the
-consumers' inboxes make the second delivery a no-op. RabbitMQ gives the same guarantee with
-durable queues and publisher confirms. A queue that is declared but has no consumer yet (only
-during start-up, or in a test) just holds the event, as a broker queue would; ``publish`` does
-not wait for it.
+it, so consumers work through it together instead of one event per round trip. The outbox marks
+a row sent only then, so a process killed with events in flight still has them as unsent outbox
+rows and publishes them again at start-up; the consumers' inboxes make the second delivery a
+no-op. RabbitMQ gives the same guarantee with durable queues and publisher confirms. A queue
+that is declared but has no consumer yet (only during start-up, or in a test) just holds the
+event, as a broker queue would; ``publish`` does not wait for it.
 """
 
 from __future__ import annotations
