@@ -171,7 +171,12 @@ def _serve(kind: str, port: int, cpu: int, ready: Path, spec: Path | None) -> in
         app = _raw_app(bytes.fromhex(s["body"]), s["etag"], s["cache_control"])
         await _serve_until_stopped(_uvicorn(app, port), ready, {"path": s["path"]})
 
-    asyncio.run(publication() if kind == "publication" else raw())
+    try:  # the event loop uvicorn.run picks in production (``services serve``): uvloop if installed
+        import uvloop
+    except ImportError:
+        asyncio.run(publication() if kind == "publication" else raw())
+    else:
+        uvloop.run(publication() if kind == "publication" else raw())
     return 0
 
 

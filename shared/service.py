@@ -199,6 +199,7 @@ class _RequestContextMiddleware:
     prometheus_client's ``labels()`` takes a lock and builds a key on every call."""
 
     _HEADER = CORRELATION_HEADER.lower().encode()
+    _CID_NAME = CORRELATION_HEADER.encode()
 
     def __init__(self, app: Any, service: str) -> None:
         self.app = app
@@ -215,11 +216,8 @@ class _RequestContextMiddleware:
             if name == self._HEADER:
                 incoming = value
                 break
-        # A fresh id only has to be unique, not unguessable: 128 random bits from the fast
-        # generator, in new_correlation_id()'s format, at a tenth of uuid4's cost.
-        cid = incoming.decode("latin-1")[:64] if incoming else "%032x" % getrandbits(128)
-        cid_header = (CORRELATION_HEADER.encode(), cid.encode("latin-1"))
-        token = set_correlation_id(cid)
+        cid_header = self.correlation_header(incoming)
+        token = set_correlation_id(cid_header[1].decode("latin-1"))
         svc_token = set_service(self.service)
         status = 500
         started = time.perf_counter()
@@ -235,19 +233,31 @@ class _RequestContextMiddleware:
             await self.app(scope, receive, send_wrapper)
         finally:
             route = scope.get("route")
-            path = getattr(route, "path", None) or "unmatched"
-            method = scope.get("method", "GET")
-            counter = self._counters.get((method, path, status))
-            if counter is None:
-                counter = self._counters[(method, path, status)] = HTTP_REQUESTS.labels(
-                    self.service, method, path, str(status))
-            latency = self._latencies.get((method, path))
-            if latency is None:
-                latency = self._latencies[(method, path)] = HTTP_LATENCY.labels(self.service, method, path)
-            counter.inc()
-            latency.observe(time.perf_counter() - started)
+            self.record(scope.get("method", "GET"), getattr(route, "path", None) or "unmatched", status,
+                        time.perf_counter() - started)
             reset_correlation_id(token)
             reset_service(svc_token)
+
+    @classmethod
+    def correlation_header(cls, incoming: bytes | None) -> tuple[bytes, bytes]:
+        """The response's correlation-id header: the caller's id (cut to 64 characters) or a new one.
+
+        A fresh id only has to be unique, not unguessable: 128 random bits from the fast
+        generator, in new_correlation_id()'s format, at a tenth of uuid4's cost."""
+        cid = incoming.decode("latin-1")[:64] if incoming else "%032x" % getrandbits(128)
+        return cls._CID_NAME, cid.encode("latin-1")
+
+    def record(self, method: str, path: str, status: int, seconds: float) -> None:
+        """Count one answered request (labelled by route template) and observe its latency."""
+        counter = self._counters.get((method, path, status))
+        if counter is None:
+            counter = self._counters[(method, path, status)] = HTTP_REQUESTS.labels(
+                self.service, method, path, str(status))
+        latency = self._latencies.get((method, path))
+        if latency is None:
+            latency = self._latencies[(method, path)] = HTTP_LATENCY.labels(self.service, method, path)
+        counter.inc()
+        latency.observe(seconds)
 
 
 def _ops_router(spec: ServiceSpec) -> APIRouter:

@@ -9,6 +9,7 @@ when the version is released, and served as stored bytes.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import csv
@@ -396,18 +397,29 @@ class PublicCache:
         self.max_bodies = max_bodies
         self.releases: dict[str, tuple[float, list[tuple[int, dt.datetime, str]]]] = {}
         self.bodies: OrderedDict[tuple[str, str], dict] = OrderedDict()
+        self.loading: dict[str, asyncio.Future] = {}
+        self.generation = 0
 
     def invalidate(self, release_id: str | None = None) -> None:
+        self.generation += 1  # a reload begun before this must not store what it read
         if release_id is None:
             self.releases.clear()
+            self.loading.clear()
         else:
             self.releases.pop(release_id, None)
+            self.loading.pop(release_id, None)
 
     def fresh_versions(self, release_id: str) -> list[tuple[int, dt.datetime, str]] | None:
-        """The cached version list if it is fresh, else None (no await: the fast path's hit)."""
+        """The cached version list if it is fresh, else None (no await: the fast path's hit).
+
+        A list past its ``ttl`` still answers while another request is reloading it, up to twice
+        the ttl: otherwise every request in flight when it expires queues its own query (a busy
+        process sent one per open connection each second, and those requests were the p99)."""
         hit = self.releases.get(release_id)
-        if hit is not None and monotonic() - hit[0] < self.ttl:
-            return hit[1]
+        if hit is not None:
+            age = monotonic() - hit[0]
+            if age < self.ttl or (age < 2 * self.ttl and release_id in self.loading):
+                return hit[1]
         return None
 
     def cached_body(self, version_id: str, resource: str) -> dict | None:
@@ -417,10 +429,28 @@ class PublicCache:
         return hit
 
     async def versions(self, session_factory, tables: dict[str, Table], release_id: str) -> list[tuple[int, dt.datetime, str]]:
-        now = monotonic()
+        """The version list, reloaded once per ``ttl``: one query per release in flight at a time,
+        which the requests that need it share."""
         hit = self.releases.get(release_id)
-        if hit is not None and now - hit[0] < self.ttl:
+        if hit is not None and monotonic() - hit[0] < self.ttl:
             return hit[1]
+        pending = self.loading.get(release_id)
+        if pending is None:
+            pending = self.loading[release_id] = asyncio.ensure_future(
+                self._load(session_factory, tables, release_id, self.generation))
+            pending.add_done_callback(lambda done: self._loaded(release_id, done))
+        # shielded: a client that hangs up must not cancel the query the others wait for
+        return await asyncio.shield(pending)
+
+    def _loaded(self, release_id: str, done: asyncio.Future) -> None:
+        if self.loading.get(release_id) is done:
+            del self.loading[release_id]
+        if not done.cancelled():
+            done.exception()  # retrieved: each waiter re-raises it, none may be left to
+
+    async def _load(self, session_factory, tables: dict[str, Table], release_id: str,
+                    generation: int) -> list[tuple[int, dt.datetime, str]]:
+        now = monotonic()
         t = tables["release_version"]
         async with session_factory() as session:
             rows = (await session.execute(
@@ -431,7 +461,8 @@ class PublicCache:
         versions = [(r[0], r[1], r[2]) for r in rows]
         if len(self.releases) >= self.max_releases:  # unknown ids are cached too: bound the memory
             self.releases.clear()
-        self.releases[release_id] = (now, versions)
+        if generation == self.generation:
+            self.releases[release_id] = (now, versions)
         return versions
 
     async def body(self, session_factory, tables: dict[str, Table], version_id: str, resource: str) -> dict | None:
@@ -454,5 +485,8 @@ class PublicCache:
 
 
 def pick_visible(versions: list[tuple[int, dt.datetime, str]], at: dt.datetime, version: int | None):
-    found = [v for v in versions if v[1] <= at and (version is None or v[0] == version)]
-    return max(found, key=lambda v: v[0]) if found else None
+    """The highest version published by ``at`` (or exactly ``version`` if published by then)."""
+    for v in reversed(versions):  # sorted by version number
+        if v[1] <= at and (version is None or v[0] == version):
+            return v
+    return None

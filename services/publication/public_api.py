@@ -13,6 +13,7 @@ import datetime as dt
 import math
 import re
 import time
+from time import perf_counter
 from typing import Annotated, Literal
 from urllib.parse import unquote_plus
 
@@ -41,6 +42,7 @@ from services.publication.schemas import (
 )
 from shared.auth import OptionalPrincipal
 from shared.errors import BadRequest, NotFound, TooManyRequests, problem_responses
+from shared.observability import CORRELATION_HEADER
 from shared.service import RequestContextMiddleware, read_session
 
 UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
@@ -263,7 +265,6 @@ _STORED_PATH = re.compile(
 # the routed path, whose validation answers it (422) exactly as documented.
 _PLAIN_INSTANT = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:\d{2})?$")
 RATE_CHECKED = "publication.rate_checked"
-_PREPARED = "publication.prepared"
 
 
 class StoredBodyFastPath:
@@ -273,9 +274,10 @@ class StoredBodyFastPath:
     FastAPI's routing and dependency resolution cost several times what the answer itself costs
     (the benchmark measured a 304 at under a fifth of a raw ASGI app through them), and a
     published body is immutable bytes with a precomputed ETag, so there is nothing to validate.
-    It wraps the whole middleware stack (the layers in between cost more than the answer), and
-    sends its answers through the platform's request-context middleware, so correlation ids and
-    metrics (labelled with the route's template) are the same as on the routed path.
+    It wraps the whole middleware stack (the layers in between cost more than the answer) and
+    answers in one coroutine, with the platform's request-context middleware's correlation-id
+    header and metric children, so what clients and Prometheus see (metrics labelled with the
+    route's template) is the same as on the routed path.
 
     Only the simple, common shape is answered here: anonymous, no body, no query or only
     ``version`` / ``as_of`` in plain forms, a visible version. Everything else (a key, other
@@ -289,7 +291,10 @@ class StoredBodyFastPath:
         self.app = app
         self.fastapi_app = fastapi_app
         self.routes: dict[str, object] | None = None
-        self.respond = RequestContextMiddleware(self._send_prepared, service)
+        # Only its metric children and correlation-id format are used: the answer is sent here,
+        # in one coroutine, because each layer of wrapping (a coroutine, a send closure, the
+        # context variables nothing reads on this path) cost as much as the answer itself.
+        self.context = RequestContextMiddleware(app, service)
 
     def _route(self, resource: str):
         if self.routes is None:  # this module's router: its routes carry the full path
@@ -299,84 +304,104 @@ class StoredBodyFastPath:
         return self.routes[resource]
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http" and scope["method"] == "GET" and scope["path"].startswith("/v1/public/releases/"):
-            prepared = await self._prepare(scope)
-            if prepared is not None:
-                scope[_PREPARED] = prepared
-                await self.respond(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-    @staticmethod
-    async def _send_prepared(scope, receive, send) -> None:
-        status, headers, body = scope.pop(_PREPARED)
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
-
-    async def _prepare(self, scope) -> tuple[int, list, bytes] | None:
-        """(status, headers, body) of the stored answer, or None to let the stack answer."""
+        if scope["type"] != "http" or scope["method"] != "GET" or not scope["path"].startswith("/v1/public/releases/"):
+            await self.app(scope, receive, send)
+            return
+        started = perf_counter()
         m = _STORED_PATH.match(scope["path"])
         if m is None:
-            return None
-        if_none_match = None
+            await self.app(scope, receive, send)
+            return
+        if_none_match = correlation = None
         for name, value in scope["headers"]:
-            if name in (b"x-api-key", b"x-internal-token", b"content-length", b"transfer-encoding"):
-                return None  # a key is authenticated, a body size-checked, down the stack
+            if name in _DOWN_THE_STACK:  # a key is authenticated, a body size-checked, down the stack
+                await self.app(scope, receive, send)
+                return
             if name == b"if-none-match":
                 if if_none_match is not None:
-                    return None
+                    await self.app(scope, receive, send)
+                    return
                 if_none_match = value
+            elif name == _CORRELATION:
+                correlation = value
         version = as_of = None
-        query = scope.get("query_string") or b""
+        query = scope.get("query_string")
         if query:
-            for part in query.split(b"&"):
-                key, _, raw = part.partition(b"=")
-                if key == b"version" and version is None and raw.isdigit() and raw[:1] != b"0" and len(raw) <= 6:
-                    version = int(raw)
-                    if version > 100000:
-                        return None
-                elif key == b"as_of" and as_of is None:
-                    text = unquote_plus(raw.decode("latin-1"))
-                    if not _PLAIN_INSTANT.match(text):
-                        return None
-                    as_of = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-                    if as_of.tzinfo is None:
-                        as_of = as_of.replace(tzinfo=dt.UTC)
-                else:
-                    return None
+            parsed = _stored_query(query)
+            if parsed is None:
+                await self.app(scope, receive, send)
+                return
+            version, as_of = parsed
         state = self.fastapi_app.state._state  # the dict behind app.state: one lookup per item
-        if "settings" not in state:
-            return None  # not started yet
+        settings = state.get("settings")
+        if settings is None:  # not started yet
+            await self.app(scope, receive, send)
+            return
         now = state["clock"]()
         if as_of is not None and as_of > now:
-            return None
-        settings = state["settings"]
+            await self.app(scope, receive, send)
+            return
         client = scope.get("client")
         if state["rate_limiter"].take(client[0] if client else "unknown", settings.anonymous_rate_per_minute,
                                       settings.anonymous_burst):
-            return None  # refused: the routed path answers 429 with Retry-After (not counted twice)
+            await self.app(scope, receive, send)  # refused: the routed path answers 429 (not counted twice)
+            return
         scope.setdefault("state", {})[RATE_CHECKED] = True
         resource = "metadata" if m.group(2) else "document"
         cache: public.PublicCache = state["public_cache"]
+        release_id = m.group(1)
         try:
-            versions = cache.fresh_versions(m.group(1))
+            versions = cache.fresh_versions(release_id)
             if versions is None:
-                versions = await cache.versions(state["sessions"], state["tables"], m.group(1))
+                versions = await cache.versions(state["sessions"], state["tables"], release_id)
             picked = public.pick_visible(versions, as_of or now, version)
-            if picked is None:
-                return None
-            row = cache.cached_body(picked[2], resource)
-            if row is None:
-                row = await cache.body(state["sessions"], state["tables"], picked[2], resource)
+            row = None
+            if picked is not None:
+                row = cache.cached_body(picked[2], resource)
+                if row is None:
+                    row = await cache.body(state["sessions"], state["tables"], picked[2], resource)
         except Exception:  # e.g. the database is down: the routed path reports it as a problem
-            return None
+            row = None
         if row is None:
-            return None
+            await self.app(scope, receive, send)
+            return
         full, bare = public.stored_headers(row, version is not None or as_of is not None, settings.public_max_age_seconds)
-        scope["route"] = self._route(resource)
-        if if_none_match is not None and public.matches_header(if_none_match.decode("latin-1"), row["etag"]):
-            return 304, bare, b""
-        return 200, full, row["body"]
+        route = scope["route"] = self._route(resource)
+        cid = self.context.correlation_header(correlation)
+        # bare[0] is the ETag header: the usual If-None-Match is that one tag, byte for byte
+        if if_none_match is not None and (if_none_match == bare[0][1]
+                                          or public.matches_header(if_none_match.decode("latin-1"), row["etag"])):
+            status, headers, body = 304, bare, b""
+        else:
+            status, headers, body = 200, full, row["body"]
+        await send({"type": "http.response.start", "status": status, "headers": [*headers, cid]})
+        await send({"type": "http.response.body", "body": body})
+        self.context.record("GET", route.path, status, perf_counter() - started)
+
+
+_DOWN_THE_STACK = frozenset((b"x-api-key", b"x-internal-token", b"content-length", b"transfer-encoding"))
+_CORRELATION = CORRELATION_HEADER.lower().encode()
+
+
+def _stored_query(query: bytes) -> tuple[int | None, dt.datetime | None] | None:
+    """(version, as_of) from a query of only ``version`` / ``as_of`` in plain forms, else None."""
+    version = as_of = None
+    for part in query.split(b"&"):
+        key, _, raw = part.partition(b"=")
+        if key == b"version" and version is None and raw.isdigit() and raw[:1] != b"0" and len(raw) <= 6:
+            version = int(raw)
+            if version > 100000:
+                return None
+        elif key == b"as_of" and as_of is None:
+            text = unquote_plus(raw.decode("latin-1"))
+            if not _PLAIN_INSTANT.match(text):
+                return None
+            as_of = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+            if as_of.tzinfo is None:
+                as_of = as_of.replace(tzinfo=dt.UTC)
+        else:
+            return None
+    return version, as_of
 
 
 @router.get("/releases/{release_id}/versions", response_model=VersionList, responses=_responses(True),

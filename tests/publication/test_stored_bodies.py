@@ -71,3 +71,45 @@ async def test_the_fast_path_answers_exactly_as_the_routed_handler_and_leaves_it
     assert [(await api.get(unknown)).status_code for _ in range(4)] == [404, 404, 404, 429]
     r = await api.get(base)
     assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
+
+
+async def test_an_expired_version_list_is_reloaded_once_for_all_the_requests_waiting_on_it(stack, clients):
+    """When a release's cached version list expires under load, one query reloads it; the
+    requests in flight share it (before, each sent its own, and they made the p99)."""
+    import asyncio
+    from time import monotonic
+
+    from sqlalchemy import event
+
+    s = Scenario(stack, clients)
+    await s.keys()
+    _, release_id = await s.published_release()
+    base = f"/v1/public/releases/{release_id}"
+    assert (await s.api.get(base)).status_code == 200
+    cache = s.app.state.public_cache
+    queries: list[str] = []
+
+    def count(conn, cursor, statement, parameters, context, executemany):
+        if "FROM release_version" in statement:
+            queries.append(statement)
+
+    engine = s.app.state.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        stamp, versions = cache.releases[release_id]
+        cache.releases[release_id] = (monotonic() - cache.ttl - 0.01, versions)  # just expired
+        answers = await asyncio.gather(*(s.api.get(base) for _ in range(20)))
+        assert [r.status_code for r in answers] == [200] * 20
+        assert len({r.content for r in answers}) == 1
+        assert len(queries) == 1, queries
+        assert cache.releases[release_id][0] > stamp and not cache.loading
+
+        # A reload that began before a release invalidated the list does not store what it read.
+        cache.invalidate(release_id)
+        loading = asyncio.ensure_future(cache.versions(s.app.state.sessions, s.app.state.tables, release_id))
+        await asyncio.sleep(0)
+        cache.invalidate(release_id)
+        assert await loading == versions
+        assert release_id not in cache.releases
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
