@@ -68,8 +68,9 @@ METADATA_COLUMNS = frozenset(
      "fpc", "weight", "channel"}
 )
 
-_DEFAULT_CHUNK_ROWS = 1 << 16  # rows per chunk: bounds memory (~ chunk × 2 items × 8 bytes per array in flight)
-# and keeps a chunk's arrays nearer the caches (measured ~10% faster than 512k rows on 1M rows)
+_DEFAULT_CHUNK_ROWS = 1 << 18  # rows per chunk: bounds memory (~ chunk × items bytes per array in flight);
+# a chunk of a single-stage file is sorted on its own and its gathers stay within its rows
+_PIECE_ROWS = 1 << 13  # rows per piece of a chunk whose float [y; a]·w block is built at once: it stays in cache
 _ONE_PASS_ROWS = 256  # rows per domain (on average) from which one pass with (2k)² Gram matrices pays
 _CACHE_BYTES = 256 << 20  # two-pass mode keeps a chunk's y, a for pass 2 while they fit in this budget
 
@@ -369,10 +370,12 @@ class SampleDesign:
     """
 
     def __init__(self, strata: Any, psu: Any = None, fpc: Any = None, *, lonely_psu: str = "adjust",
-                 chunk_rows: int = _DEFAULT_CHUNK_ROWS, workers: int | None = None):
-        if chunk_rows < 1:
-            raise ValueError("chunk_rows must be positive")
+                 chunk_rows: int = _DEFAULT_CHUNK_ROWS, workers: int | None = None,
+                 piece_rows: int = _PIECE_ROWS):
+        if chunk_rows < 1 or piece_rows < 1:
+            raise ValueError("chunk_rows and piece_rows must be positive")
         self.chunk_rows = int(chunk_rows)
+        self.piece_rows = int(piece_rows)
         #: threads working on chunks at once (a large file has many chunks; results are summed in
         #: chunk order, so the numbers do not depend on it)
         self.workers = max(1, int(workers)) if workers is not None else min(4, os.cpu_count() or 1)
@@ -561,29 +564,31 @@ class SampleDesign:
         if d_codes is None:
             d_codes = np.zeros(n_sel, dtype=np.int64)
         d_codes = np.asarray(d_codes, dtype=np.int64)
+        step = self.chunk_rows
+        chunks: list[tuple[int, int, int, int]] = []
         if single:
             # Every row is a PSU: only (domain, stratum) groups matter, not the order within them.
-            key = d_codes * H + st_rows
-            order = _stable_order(key, D * H)
+            # So rows are not sorted as a whole: each chunk of consecutive rows is sorted by group
+            # on its own (a radix sort of a few thousand keys), and its gathers stay inside the
+            # chunk's slice of the columns, in cache.  A global order made every gather from a
+            # 10M-row column a cache miss: the largest cost of a national file.  Chunks add their
+            # sums into the groups they meet, in chunk order.
+            row_group, g_key = _factorize(d_codes * H + st_rows)
+            G = g_key.shape[0]
+            g_dom = g_key // H
+            g_st = g_key % H
+            chunks = [(r0, min(r0 + step, n_sel), r0, min(r0 + step, n_sel)) for r0 in range(0, n_sel, step)]
         else:
             P = self.n_psu
             psu = self.psu_code if rows is None else self.psu_code[rows]
             key = d_codes * P + psu
             order = _stable_order(key, D * P)
-        skey = key[order]
-        row_idx = order if rows is None else rows[order]
-        del key
-        bound = np.ones(n_sel, dtype=bool)
-        if n_sel:
-            np.not_equal(skey[1:], skey[:-1], out=bound[1:])
-        if single:
-            C = n_sel
-            cell_starts = np.zeros(0, dtype=np.int64)
-            gstart = np.flatnonzero(bound)
-            g_key = skey[gstart]
-            g_dom = g_key // H
-            g_st = g_key % H
-        else:
+            skey = key[order]
+            row_idx = order if rows is None else rows[order]
+            del key
+            bound = np.ones(n_sel, dtype=bool)
+            if n_sel:
+                np.not_equal(skey[1:], skey[:-1], out=bound[1:])
             cell_starts = np.flatnonzero(bound)
             C = cell_starts.shape[0]
             cell_key = skey[cell_starts]
@@ -597,17 +602,12 @@ class SampleDesign:
             g_dom = cell_dom[gstart]
             g_st = cell_st[gstart]
             del gkey, gb
-        G = gstart.shape[0]
-        del skey, bound
-        # group starts in rows (cells are rows in a single-stage design)
-        g_row = gstart if single else cell_starts[gstart]
+            G = gstart.shape[0]
+            del skey, bound
+            g_row = cell_starts[gstart]  # group starts in rows
 
-        # Chunks: rows [r0, r1) and cells [c0, c1), at cell boundaries, about chunk_rows rows each.
-        chunks: list[tuple[int, int, int, int]] = []
-        step = self.chunk_rows
-        if single:
-            chunks = [(r0, min(r0 + step, C), r0, min(r0 + step, C)) for r0 in range(0, C, step)]
-        else:
+            # Chunks: rows [r0, r1) and cells [c0, c1) of the sorted order, at cell boundaries,
+            # about chunk_rows rows each.
             cell_ends = np.append(cell_starts[1:], n_sel)
             c0 = 0
             while c0 < C:
@@ -616,9 +616,9 @@ class SampleDesign:
                 chunks.append((int(cell_starts[c0]), int(cell_ends[c1 - 1]), c0, c1))
                 c0 = c1
 
-        def columns(r0: int, r1: int) -> tuple[np.ndarray, np.ndarray]:
-            y, a = get_ya(row_idx[r0:r1])
-            if y.shape != (k, r1 - r0) or a.shape != (k, r1 - r0):
+        def columns(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            y, a = get_ya(idx)
+            if y.shape != (k, idx.shape[0]) or a.shape != (k, idx.shape[0]):
                 raise ValueError(f"get_ya must return (k, rows) arrays; got {y.shape}, {a.shape}")
             return y, a
 
@@ -639,12 +639,12 @@ class SampleDesign:
         # wave, or thousands of communes that would each carry a (2k)² matrix.
         per_row = 0
         if chunks:
-            y0, a0 = get_ya(row_idx[:1])
+            y0, a0 = get_ya(np.arange(1) if rows is None else rows[:1])
             per_row = k * (np.asarray(y0).itemsize + np.asarray(a0).itemsize)
         one_pass = (per_row * n_sel > _CACHE_BYTES and n_sel >= _ONE_PASS_ROWS * max(D, 1)
                     and D * (2 * k) ** 2 * 8 * (n_w + srs) <= 1 << 27)
         cached: set[int] = set()
-        cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        cache: dict[int, tuple] = {}  # chunk -> (y, a, layout)
         if not one_pass and chunks:
             budget = _CACHE_BYTES
             for ci, (r0, r1, _, _) in enumerate(chunks):
@@ -653,26 +653,38 @@ class SampleDesign:
                     break
                 cached.add(ci)
 
-        def domain_runs(r0, r1, c0, c1, g, at):
+        def layout(ci: int):
+            """A chunk's rows in group order (``idx``), the groups it meets (``g``) and where each
+            starts (``at``), each row's (single-stage) or cell's domain, and the domain runs."""
+            r0, r1, c0, c1 = chunks[ci]
             if single:
-                dom = np.repeat(g_dom[g], np.diff(np.append(at, r1 - r0)))
+                local = row_group[r0:r1]
+                order = _stable_order(local, G)
+                sg = local[order]
+                at = np.flatnonzero(np.concatenate(([True], sg[1:] != sg[:-1])))
+                g = sg[at]
+                idx = order + r0 if rows is None else rows[r0:r1][order]
+                dom = np.repeat(g_dom[g], np.diff(np.append(at, r1 - r0)))  # repeat: no gather per row
             else:
+                idx = row_idx[r0:r1]
+                g, at = groups_in(g_row, r0, r1)
                 dom = cell_dom[c0:c1]
             runs = np.flatnonzero(np.concatenate(([True], dom[1:] != dom[:-1])))
-            return dom, dom[runs], np.append(runs, dom.shape[0])
+            return idx, g, at, dom, dom[runs], np.append(runs, dom.shape[0])
 
         def task(ci: int):
             """One chunk: counts and weighted sums per group, Gram matrices of [Y; X] per domain."""
             r0, r1, c0, c1 = chunks[ci]
-            y, a = columns(r0, r1)
-            g, at = groups_in(g_row, r0, r1)
+            lay = layout(ci)
+            idx, g, at, dom, run_dom, run_bounds = lay
+            y, a = columns(idx)
             uy = _reduce_cols(y, at)
             ua = _reduce_cols(a, at)
             na = ua if a.dtype == bool else _reduce_cols(a != 0, at)
-            idx = row_idx[r0:r1]
-            _, run_dom, run_bounds = domain_runs(r0, r1, c0, c1, g, at)
             if single:
-                q_rows = q[self.stratum_code[idx]]
+                q_rows = np.repeat(q[g_st[g]], np.diff(np.append(at, r1 - r0)))  # √scale_h per row
+                if one_pass:
+                    pieces, run_dom, merge_at = _pieces(at, r1 - r0, dom, self.piece_rows)
             else:
                 _, at_cells = groups_in(gstart, c0, c1)
                 cell_at = cell_starts[c0:c1] - r0
@@ -688,21 +700,31 @@ class SampleDesign:
                                                 np.add.reduceat(a * wc, at, axis=1))), None))
                     continue
                 if single:
-                    # P = [y; a]·w·√scale_h per row; the group sums of [y; a]·w are P's divided
-                    # by √scale_h (constant within a group) unless a stratum has scale 0.
+                    # P = [y; a]·w·√scale_h per row, a piece of the chunk at a time (it stays in
+                    # cache); the group sums of [y; a]·w are P's divided by √scale_h (constant
+                    # within a group) unless a stratum has scale 0.
                     f = q_rows if wv is None else wv[idx] * q_rows
-                    P = np.empty((2 * k, r1 - r0))
-                    np.multiply(y, f, out=P[:k])
-                    np.multiply(a, f, out=P[k:])
                     sums = None
                     if wv is not None:
                         qg = q[g_st[g]]
-                        if (qg > 0).all():
-                            sums = np.add.reduceat(P, at, axis=1) / qg
-                        else:
-                            wc = wv[idx]
-                            sums = np.concatenate((np.add.reduceat(y * wc, at, axis=1),
-                                                   np.add.reduceat(a * wc, at, axis=1)))
+                        direct = bool((qg > 0).all())
+                        sums = np.empty((2 * k, g.shape[0]))
+                    grams = []
+                    for p0, p1, gi0, gi1, p_runs in pieces:
+                        P = np.empty((2 * k, p1 - p0))
+                        np.multiply(_as_number(y[:, p0:p1]), f[p0:p1], out=P[:k])  # bytes: a faster cast
+                        np.multiply(_as_number(a[:, p0:p1]), f[p0:p1], out=P[k:])
+                        if sums is not None:
+                            p_at = at[gi0:gi1] - p0
+                            if direct:
+                                sums[:, gi0:gi1] = np.add.reduceat(P, p_at, axis=1) / qg[gi0:gi1]
+                            else:
+                                wc = wv[idx[p0:p1]]
+                                sums[:k, gi0:gi1] = np.add.reduceat(y[:, p0:p1] * wc, p_at, axis=1)
+                                sums[k:, gi0:gi1] = np.add.reduceat(a[:, p0:p1] * wc, p_at, axis=1)
+                        grams.append(_gram_runs(P, p_runs))
+                    per.append((sums, _merge_runs(grams, merge_at)))
+                    continue
                 else:
                     if wv is None:
                         P = np.concatenate((_reduce_cols(y, cell_at), _reduce_cols(a, cell_at)))
@@ -716,9 +738,9 @@ class SampleDesign:
                 del P
             srs_gram = None
             if srs and one_pass:
-                P = np.concatenate((y, a)).astype(np.float64)
-                srs_gram = _gram_runs(P, run_bounds)
-            return g, uy, ua, na, per, srs_gram, run_dom, ((y, a) if ci in cached else None)
+                srs_gram = _merge_runs([_gram_runs(np.concatenate((y[:, p0:p1], a[:, p0:p1])).astype(np.float64), p_runs)
+                                        for p0, p1, _, _, p_runs in pieces], merge_at)
+            return g, uy, ua, na, per, srs_gram, run_dom, ((y, a, lay) if ci in cached else None)
 
         # One pass (chunks in worker threads, summed in chunk order: reproducible): counts and
         # weighted sums per (domain, stratum) group, and per domain the Gram matrix of the PSU
@@ -736,17 +758,17 @@ class SampleDesign:
                 _in_order(self.workers, task, len(chunks))):
             if ya is not None:
                 cache[ci] = ya
-            UY[g] += uy.T
-            UA[g] += ua.T
-            NA[g] += na.T
+            _add_rows(UY, g, uy.T)
+            _add_rows(UA, g, ua.T)
+            _add_rows(NA, g, na.T)
             for m, (sums, gram) in enumerate(per):
                 if sums is not None:
-                    YG[m][g] += sums[:k].T
-                    XG[m][g] += sums[k:].T
+                    _add_rows(YG[m], g, sums[:k].T)
+                    _add_rows(XG[m], g, sums[k:].T)
                 if gram is not None:
-                    GM[m][run_dom] += gram
+                    _add_rows(GM[m], run_dom, gram)
             if srs_gram is not None:
-                GM_srs[run_dom] += srs_gram
+                _add_rows(GM_srs, run_dom, srs_gram)
 
         g_bounds = np.searchsorted(g_dom, np.arange(D + 1))
         present = np.flatnonzero(np.diff(g_bounds))
@@ -789,10 +811,11 @@ class SampleDesign:
         def pass2(ci: int):
             """Two-pass mode: z per PSU from the domain's R, its Gram matrices per domain run."""
             r0, r1, c0, c1 = chunks[ci]
-            y, a = cache.pop(ci) if ci in cache else columns(r0, r1)
-            g, at = groups_in(g_row, r0, r1)
-            idx = row_idx[r0:r1]
-            dom, run_dom, run_bounds = domain_runs(r0, r1, c0, c1, g, at)
+            if ci in cache:
+                y, a, (idx, g, at, dom, run_dom, run_bounds) = cache.pop(ci)
+            else:
+                idx, g, at, dom, run_dom, run_bounds = layout(ci)
+                y, a = columns(idx)
             grams, srs_gram = [], None
             for m, wv in enumerate(weights):
                 alpha, beta = results[m][4], results[m][5]
@@ -800,7 +823,7 @@ class SampleDesign:
                     Z = _linearised(y, a, alpha, beta, dom, run_dom, run_bounds)
                     if srs and m == unit:
                         srs_gram = _gram_runs(Z, run_bounds)
-                    q_rows = q[self.stratum_code[idx]]
+                    q_rows = np.repeat(q[g_st[g]], np.diff(np.append(at, r1 - r0)))
                     Z *= q_rows if wv is None else wv[idx] * q_rows
                 else:
                     cell_at = cell_starts[c0:c1] - r0
@@ -841,6 +864,43 @@ class SampleDesign:
         return out
 
 
+def _pieces(at: np.ndarray, m: int, dom: np.ndarray, piece_rows: int):
+    """A chunk's m rows (in group order; groups start at ``at``, ``dom`` per row) cut at group
+    starts into pieces of about ``piece_rows`` rows: (rows p0:p1, groups gi0:gi1, the piece's
+    domain-run offsets) each, with the chunk's domain runs and where each begins among the
+    pieces' runs (a domain can straddle two pieces; :func:`_merge_runs` adds its parts)."""
+    cut = np.searchsorted(at, np.arange(piece_rows, m, piece_rows))
+    gstarts = np.unique(np.concatenate(([0], cut[cut < at.shape[0]])))
+    pieces, run_doms = [], []
+    for i, gi0 in enumerate(gstarts.tolist()):
+        gi1 = int(gstarts[i + 1]) if i + 1 < gstarts.shape[0] else at.shape[0]
+        p0 = int(at[gi0])
+        p1 = int(at[gi1]) if gi1 < at.shape[0] else m
+        d = dom[p0:p1]
+        runs = np.flatnonzero(np.concatenate(([True], d[1:] != d[:-1])))
+        pieces.append((p0, p1, gi0, gi1, np.append(runs, p1 - p0)))
+        run_doms.append(d[runs])
+    run_dom = np.concatenate(run_doms)
+    merge_at = np.flatnonzero(np.concatenate(([True], run_dom[1:] != run_dom[:-1])))
+    return pieces, run_dom[merge_at], merge_at
+
+
+def _merge_runs(grams: list[np.ndarray], merge_at: np.ndarray) -> np.ndarray:
+    """The pieces' per-run Gram matrices, one per domain run of the chunk (parts of a run that
+    straddles pieces summed, in order)."""
+    out = np.concatenate(grams)
+    return out if merge_at.shape[0] == out.shape[0] else np.add.reduceat(out, merge_at, axis=0)
+
+
+def _add_rows(target: np.ndarray, rows: np.ndarray, values: np.ndarray) -> None:
+    """target[rows] += values for sorted, distinct ``rows``; a plain add when they are all the
+    rows (a chunk of a large file meets every domain): the indexed add copies twice."""
+    if rows.shape[0] == target.shape[0]:
+        target += values
+    else:
+        target[rows] += values
+
+
 def _stable_order(key: np.ndarray, bound: int) -> np.ndarray:
     """Stable argsort of non-negative integer keys below ``bound``: numpy radix-sorts 8- and
     16-bit keys in linear time, which is most of the sorting a large national file needs."""
@@ -849,6 +909,11 @@ def _stable_order(key: np.ndarray, bound: int) -> np.ndarray:
     if bound <= 1 << 16:
         return key.astype(np.uint16).argsort(kind="stable")
     return key.argsort(kind="stable")
+
+
+def _as_number(values: np.ndarray) -> np.ndarray:
+    """Booleans viewed as uint8 (0/1): numpy multiplies bytes by floats ~2× faster than bools."""
+    return values.view(np.uint8) if values.dtype == bool else values
 
 
 def _reduce_cols(values: np.ndarray, at: np.ndarray) -> np.ndarray:

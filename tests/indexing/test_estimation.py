@@ -193,10 +193,11 @@ def test_fixture_matches_r_in_both_estimator_modes_and_on_threads(estimator_mode
         assert 100 * got.se[j] == pytest.approx(expected["national"]["items"][c]["se"], abs=SE_TOL)
 
 
-@pytest.mark.parametrize("chunk_rows", [5, 1 << 19])
-def test_many_small_and_some_large_single_stage_domains_match_brute_force(chunk_rows, estimator_mode):
+@pytest.mark.parametrize(("chunk_rows", "piece_rows"), [(5, 1 << 13), (1 << 19, 1 << 13), (1 << 19, 7), (64, 3)])
+def test_many_small_and_some_large_single_stage_domains_match_brute_force(chunk_rows, piece_rows, estimator_mode):
     # Single-stage rows, 40 domains of 1 to ~60 rows (short and long runs, chunks cutting
-    # domains), a fully enumerated stratum (scale 0) and a stratum with one respondent.
+    # domains), a fully enumerated stratum (scale 0) and a stratum with one respondent.  Small
+    # pieces cut domains within a chunk (their Gram matrices are summed back per domain).
     rng = np.random.default_rng(3)
     n, k = 400, 3
     strata = rng.choice(["A", "B", "C"], size=n, p=[0.5, 0.45, 0.05]).astype(object)
@@ -207,12 +208,27 @@ def test_many_small_and_some_large_single_stage_domains_match_brute_force(chunk_
     a = rng.random((n, k)) < 0.9
     y = a & (rng.random((n, k)) < 0.6)
     w = rng.uniform(1, 30, n)
-    sample = SampleDesign(strata, None, fpc, chunk_rows=chunk_rows, workers=2)
+    sample = SampleDesign(strata, None, fpc, chunk_rows=chunk_rows, workers=2, piece_rows=piece_rows)
     got = sample.domain_ratios(y, a, w, domain)
+    # the run's three estimates at once: design weights, unit weights, and the simple random
+    # sample reference of the design effect (one stratum, no fpc, unit weights)
+    yt, at = np.ascontiguousarray(y.T), np.ascontiguousarray(a.T)
+    codes = domain - 1
+    design_w, unit, srs = sample._estimate(lambda rows: (np.take(yt, rows, axis=1), np.take(at, rows, axis=1)),
+                                           k, [w, None], codes, n_domains=40, srs=True)
+    ones = [1.0] * n
     for d in (1, 2, 7, 25, 40):
+        in_d = domain == d
         _, V = brute_force(y.astype(float).tolist(), a.astype(float).tolist(), w.tolist(), strata,
-                           list(range(n)), fpc, domain=domain == d)
+                           list(range(n)), fpc, domain=in_d)
         np.testing.assert_allclose(got[d].cov, V, rtol=1e-10, atol=1e-15)
+        np.testing.assert_allclose(design_w.cov[d - 1], V, rtol=1e-10, atol=1e-15)
+        _, V1 = brute_force(y.astype(float).tolist(), a.astype(float).tolist(), ones, strata, list(range(n)), fpc,
+                            domain=in_d)
+        np.testing.assert_allclose(unit.cov[d - 1], V1, rtol=1e-10, atol=1e-15)
+        _, V_srs = brute_force(y.astype(float).tolist(), a.astype(float).tolist(), ones, ["all"] * n,
+                               list(range(n)), None, domain=in_d)
+        np.testing.assert_allclose(srs.cov[d - 1], V_srs, rtol=1e-10, atol=1e-15)
 
 
 # --------------------------------------------------------------------------------------------------
