@@ -178,7 +178,7 @@ def bench_wave(n: int, increment: int) -> list[Result]:
         deltas = service.ProvisionalDeltas()
         for form in new:
             deltas.add("wave", form, +1)
-        return deltas
+        return deltas.totals()
 
     t_inc, _ = timed(incremental, 5)
     cpu_inc, _ = cpu_timed(incremental, 5)

@@ -6,12 +6,15 @@ transaction), so a change, its audit entry and its event commit together.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import datetime as dt
 import functools
 import hashlib
+import itertools
 import json
 import logging
+import operator
 import re
 import uuid
 from collections.abc import Mapping, Sequence
@@ -181,13 +184,30 @@ def _provisional_upserts(dialect: str) -> tuple[Any, Any]:
     return cells, strata
 
 
+_ANSWER_SLOT = {1: 0, 2: 1, 3: 2, 4: 3, 5: 4}  # answer code -> its column among w1..w5 / c1..c5
+_PLAIN = frozenset({int, str, type(None)})  # value types whose dict lookup cannot mistake a value for a code
+
+
 class ProvisionalDeltas:
     """The provisional sums' changes of a batch of decisions, summed per cell before they are
-    written: one upsert row per (cell, item) and per stratum, whatever the number of forms."""
+    written: one upsert row per (cell, item) and per stratum, whatever the number of forms.
+
+    ``add`` only notes each form's cell, signed weight and its item answers as small integer
+    codes (the forms of a wave share one questionnaire, so the answer keys of a form are looked
+    up once per distinct key order, not once per answer); :meth:`totals` sums them per (cell,
+    item, code) with ``np.bincount``, which adds in the order the forms came, as a loop would."""
 
     def __init__(self) -> None:
-        self.cells: dict[tuple, dict[str, list]] = {}  # (wave, cell key) -> item -> sums
-        self.strata: dict[tuple[str, str], list] = {}
+        self.strata: dict[tuple[str, str], list] = {}  # (wave, stratum) -> [Σw, forms]
+        self._cell_id: dict[tuple, int] = {}  # (wave, cell key) -> number
+        self._item_id: dict[str, int] = {}
+        self._layouts: dict[tuple, tuple[Any, np.ndarray, int]] = {}  # answer keys -> (getter, items, number)
+        self._layout_items: list[np.ndarray] = []
+        self._form_cell: list[int] = []  # per form with item answers
+        self._form_w: list[float] = []
+        self._form_sign: list[int] = []
+        self._form_layout: list[int] = []
+        self._slot = array.array("b")  # per item answer: 0-4 for codes 1-5, -1 otherwise (bytes: numpy reads them as is)
 
     def add(self, wave_id: str, form: Mapping[str, Any], sign: int) -> None:
         """A form's whole effect on the sums: its cell is (stratum, province, level, field);
@@ -199,28 +219,80 @@ class ProvisionalDeltas:
             stratum = self.strata[(wave_id, key[0])] = [0.0, 0]
         stratum[0] += w
         stratum[1] += sign
-        cell = self.cells.get((wave_id, key))
-        if cell is None:
-            cell = self.cells[(wave_id, key)] = {}
-        for item, v in (form["answers"] or {}).items():
-            if type(v) is int and 1 <= v <= 5 and _is_item_key(item):
-                acc = cell.get(item)
-                if acc is None:
-                    acc = cell[item] = [0.0, 0.0, 0.0, 0.0, 0.0, 0, 0, 0, 0, 0]
-                acc[v - 1] += w
-                acc[4 + v] += sign
+        cell = self._cell_id.setdefault((wave_id, key), len(self._cell_id))
+        answers = form["answers"] or {}
+        keys = tuple(answers)
+        layout = self._layouts.get(keys)
+        if layout is None:
+            layout = self._layouts[keys] = self._layout(keys)
+        getter, items, number = layout
+        if not items.shape[0]:
+            return
+        values = getter(answers)
+        if set(map(type, values)) <= _PLAIN:
+            self._slot.extend(map(_ANSWER_SLOT.get, values, itertools.repeat(-1)))
+        else:  # bools (True hashes like 1), floats, lists: only int codes count
+            self._slot.extend([_ANSWER_SLOT.get(v, -1) if type(v) is int else -1 for v in values])
+        self._form_cell.append(cell)
+        self._form_w.append(w)
+        self._form_sign.append(sign)
+        self._form_layout.append(number)
+
+    def _layout(self, keys: tuple) -> tuple[Any, np.ndarray, int]:
+        """For one order of answer keys: a getter of the item answers (always a tuple), their
+        item numbers, and the layout's number."""
+        names = [k for k in keys if _is_item_key(k)]
+        items = np.array([self._item_id.setdefault(k, len(self._item_id)) for k in names], dtype=np.int64)
+        getter = operator.itemgetter(*names) if len(names) > 1 else (lambda a, n=names: tuple(a[k] for k in n))
+        self._layout_items.append(items)
+        return getter, items, len(self._layout_items) - 1
+
+    def totals(self) -> tuple[list[tuple], list[str], np.ndarray, np.ndarray]:
+        """The summed changes, one row per touched (cell, item) in (cell, item) order: the rows'
+        (wave, cell key), item codes, Σw per answer code (rows × 5) and counts (rows × 5)."""
+        if not self._slot:
+            return [], [], np.zeros((0, 5)), np.zeros((0, 5), dtype=np.int64)
+        n_items = len(self._item_id)
+        layouts = np.asarray(self._form_layout)
+        per_form = np.array([a.shape[0] for a in self._layout_items])[layouts]
+        cell = np.repeat(np.asarray(self._form_cell, dtype=np.int64), per_form)
+        w = np.repeat(np.asarray(self._form_w), per_form)
+        sign = np.repeat(np.asarray(self._form_sign, dtype=np.float64), per_form)
+        if len(self._layout_items) == 1:
+            item = np.tile(self._layout_items[0], layouts.shape[0])
+        else:
+            item = np.concatenate([self._layout_items[i] for i in self._form_layout])
+        slot = np.frombuffer(self._slot, dtype=np.int8)
+        ok = slot >= 0
+        pair = cell[ok] * n_items + item[ok]
+        n_pairs = len(self._cell_id) * n_items
+        bins = pair * 5 + slot[ok]
+        sum_w = np.bincount(bins, weights=w[ok], minlength=n_pairs * 5).reshape(-1, 5)
+        count = np.bincount(bins, weights=sign[ok], minlength=n_pairs * 5).reshape(-1, 5).astype(np.int64)
+        touched = np.flatnonzero(np.bincount(pair, minlength=n_pairs))  # pairs with an answer 1-5
+        cells = list(self._cell_id)
+        names = list(self._item_id)
+        cell_rank = np.empty(len(cells), dtype=np.int64)
+        cell_rank[sorted(range(len(cells)), key=cells.__getitem__)] = np.arange(len(cells))
+        item_rank = np.empty(n_items, dtype=np.int64)
+        item_rank[sorted(range(n_items), key=names.__getitem__)] = np.arange(n_items)
+        t_cell, t_item = touched // n_items, touched % n_items
+        touched = touched[np.lexsort((item_rank[t_item], cell_rank[t_cell]))]
+        t_cell, t_item = (touched // n_items).tolist(), (touched % n_items).tolist()
+        return [cells[c] for c in t_cell], [names[i] for i in t_item], sum_w[touched], count[touched]
 
     async def write(self, session: AsyncSession) -> None:
         cells, strata = _provisional_upserts(session.bind.dialect.name)
+        keys, items, sum_w, count = self.totals()
         rows = []
-        for (wave_id, (stratum, province, level, field)), items in sorted(self.cells.items()):
-            for item, acc in sorted(items.items()):
-                row = {"wave_id": wave_id, "stratum": stratum, "province_code": province, "level": level,
-                       "field": field, "item": item}
-                for code in range(1, 6):
-                    row[f"w{code}"] = acc[code - 1]
-                    row[f"c{code}"] = acc[4 + code]
-                rows.append(row)
+        for (wave_id, (stratum, province, level, field)), item, ws, cs in zip(keys, items, sum_w.tolist(),
+                                                                             count.tolist()):
+            row = {"wave_id": wave_id, "stratum": stratum, "province_code": province, "level": level,
+                   "field": field, "item": item}
+            for code in range(1, 6):
+                row[f"w{code}"] = ws[code - 1]
+                row[f"c{code}"] = cs[code - 1]
+            rows.append(row)
         if rows:
             await session.execute(cells, rows)
         if self.strata:
