@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -136,3 +137,19 @@ async def transaction(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterat
 
 def new_id() -> uuid.UUID:
     return uuid.uuid4()
+
+
+def new_id_strings(n: int) -> list[str]:
+    """``n`` random (version 4) UUIDs as strings, from one ``os.urandom`` call.
+
+    The bulk paths (a 5,000-form batch names 15,000 rows and events) spent a tenth of their time
+    in ``str(uuid.uuid4())``: a system call, a ``UUID`` object and its formatting per id. Same
+    randomness source and the same format, without the per-id object."""
+    raw = bytearray(os.urandom(16 * n))
+    out = []
+    for i in range(0, 16 * n, 16):
+        raw[i + 6] = (raw[i + 6] & 0x0F) | 0x40  # version 4
+        raw[i + 8] = (raw[i + 8] & 0x3F) | 0x80  # RFC 4122 variant
+        h = raw[i:i + 16].hex()
+        out.append(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
+    return out

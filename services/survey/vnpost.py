@@ -27,7 +27,7 @@ from services.survey.models import form, response, vnpost_batch
 from services.survey.versions import methodology
 from shared.auth import Principal
 from shared.contracts.survey import ResponseSubmitted
-from shared.db import insert_for, utcnow
+from shared.db import insert_for, new_id_strings, utcnow
 from shared.errors import Conflict, Forbidden, InvalidState, NotFound
 from shared.methodology import Methodology
 
@@ -231,10 +231,8 @@ async def record_responses(
         return []
     now = utcnow()
     sensitive = set(method.sensitive_questions())
-    rows, events, ids = [], [], []
-    for form_row, rec, digest in accepted:
-        rid = str(uuid.uuid4())
-        ids.append(rid)
+    rows, events, ids = [], [], new_id_strings(len(accepted))
+    for (form_row, rec, digest), rid in zip(accepted, ids):
         enumerator = rec.get("enumerator_id") or form_row["enumerator_id"]
         rows.append({
             "id": rid, "form_id": form_row["id"], "wave_id": form_row["wave_id"], "channel": channel,
