@@ -65,6 +65,18 @@ class SampleUnit(Base, table=True):
     replaced: bool = False
 
 
+class VoidedDraw(Base, table=True):
+    """A draw the ministry reset in sampling (``sample.voided``). Remembered so that a chunk of it
+    delivered late (a dead-lettered event replayed, say) cannot bring its units back after the
+    re-draw: each chunk replaces the units of other draws."""
+
+    __tablename__ = "voided_draw"
+
+    draw_id: str = Field(primary_key=True, max_length=36)
+    wave_id: str = Field(max_length=36)
+    voided_at: dt.datetime = _at()
+
+
 class Form(Base, table=True):
     """One form code of a wave: its field status (from survey), its review state and the last
     decision published about it (``decision_version`` counts them)."""

@@ -34,6 +34,7 @@ from services.verification.models import (
     Response,
     SampleUnit,
     ScreeningParameters,
+    VoidedDraw,
     wave as wave_table,
 )
 from services.verification.schemas import DrawRequest, OutcomeRecord, ReviewAction, ScreeningParametersUpdate
@@ -271,6 +272,9 @@ async def take_sample_chunk(session: AsyncSession, payload: SampleDrawn) -> list
     """Keep the chunk's units. A chunk of a new draw of the same wave replaces the old draw's
     units (a re-draw before fieldwork)."""
     wave_id, draw_id = str(payload.wave_id), str(payload.draw_id)
+    voided = VoidedDraw.__table__
+    if await session.scalar(select(voided.c.draw_id).where(voided.c.draw_id == draw_id)) is not None:
+        return []  # a chunk of a reset draw, delivered late: the re-draw's units stay
     table = SampleUnit.__table__
     await session.execute(
         table.delete().where(table.c.wave_id == wave_id, table.c.draw_id != draw_id, table.c.joined == "draw")
@@ -286,7 +290,13 @@ async def take_sample_chunk(session: AsyncSession, payload: SampleDrawn) -> list
 async def take_sample_voided(session: AsyncSession, payload: SampleVoided) -> int:
     """The draw was reset in sampling: its units leave the sample, so a response for one of them
     is rejected as not in the sample (none should come: a reset happens before fieldwork).
-    Returns how many were dropped; a redelivery drops nothing more."""
+    Returns how many were dropped; a redelivery drops nothing more. The draw is remembered, so
+    a chunk of it that comes later is ignored (``take_sample_chunk``)."""
+    await session.execute(
+        insert_for(session, VoidedDraw.__table__)
+        .values(draw_id=str(payload.draw_id), wave_id=str(payload.wave_id), voided_at=utcnow())
+        .on_conflict_do_nothing(index_elements=["draw_id"])
+    )
     table = SampleUnit.__table__
     done = await session.execute(
         table.delete().where(table.c.wave_id == str(payload.wave_id), table.c.draw_id == str(payload.draw_id))

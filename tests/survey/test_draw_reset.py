@@ -148,6 +148,9 @@ async def test_reset_withdraws_the_draws_forms_and_the_redraw_alone_is_fielded(s
     await stack.bus.publish(late)
     await eventually(lambda: _handled(stack, "survey", late.id), timeout=30)
     assert await _footprint(stack, wave_id) == before
+    # Nor does it swap verification's sample back to the voided draw's units.
+    await eventually(lambda: _handled(stack, "verification", late.id), timeout=30)
+    await _verification_units_are(stack, wave_id, second_units)
 
 
 async def _verification_units_are(stack, wave_id, units: set[str]) -> None:
