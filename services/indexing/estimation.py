@@ -573,7 +573,13 @@ class SampleDesign:
             # chunk's slice of the columns, in cache.  A global order made every gather from a
             # 10M-row column a cache miss: the largest cost of a national file.  Chunks add their
             # sums into the groups they meet, in chunk order.
-            row_group, g_key = _factorize(d_codes * H + st_rows)
+            if D * H <= min(1 << 16, n_sel // 8):
+                # Few groups for many rows: a group's number is its key, taken chunk by chunk (no
+                # pass over all rows to number them first); groups without rows add zeros.
+                row_group = None
+                g_key = np.arange(D * H)
+            else:
+                row_group, g_key = _factorize(d_codes * H + st_rows)
             G = g_key.shape[0]
             g_dom = g_key // H
             g_st = g_key % H
@@ -658,7 +664,7 @@ class SampleDesign:
             starts (``at``), each row's (single-stage) or cell's domain, and the domain runs."""
             r0, r1, c0, c1 = chunks[ci]
             if single:
-                local = row_group[r0:r1]
+                local = row_group[r0:r1] if row_group is not None else d_codes[r0:r1] * H + st_rows[r0:r1]
                 order = _stable_order(local, G)
                 sg = local[order]
                 at = np.flatnonzero(np.concatenate(([True], sg[1:] != sg[:-1])))
@@ -681,11 +687,7 @@ class SampleDesign:
             uy = _reduce_cols(y, at)
             ua = _reduce_cols(a, at)
             na = ua if a.dtype == bool else _reduce_cols(a != 0, at)
-            if single:
-                q_rows = np.repeat(q[g_st[g]], np.diff(np.append(at, r1 - r0)))  # √scale_h per row
-                if one_pass:
-                    pieces, run_dom, merge_at = _pieces(at, r1 - r0, dom, self.piece_rows)
-            else:
+            if not single:
                 _, at_cells = groups_in(gstart, c0, c1)
                 cell_at = cell_starts[c0:c1] - r0
                 q_cells = q[cell_st[c0:c1]]
@@ -699,48 +701,63 @@ class SampleDesign:
                     per.append((np.concatenate((np.add.reduceat(y * wc, at, axis=1),
                                                 np.add.reduceat(a * wc, at, axis=1))), None))
                     continue
-                if single:
-                    # P = [y; a]·w·√scale_h per row, a piece of the chunk at a time (it stays in
-                    # cache); the group sums of [y; a]·w are P's divided by √scale_h (constant
-                    # within a group) unless a stratum has scale 0.
-                    f = q_rows if wv is None else wv[idx] * q_rows
-                    sums = None
-                    if wv is not None:
-                        qg = q[g_st[g]]
-                        direct = bool((qg > 0).all())
-                        sums = np.empty((2 * k, g.shape[0]))
-                    grams = []
-                    for p0, p1, gi0, gi1, p_runs in pieces:
-                        P = np.empty((2 * k, p1 - p0))
-                        np.multiply(_as_number(y[:, p0:p1]), f[p0:p1], out=P[:k])  # bytes: a faster cast
-                        np.multiply(_as_number(a[:, p0:p1]), f[p0:p1], out=P[k:])
-                        if sums is not None:
-                            p_at = at[gi0:gi1] - p0
-                            if direct:
-                                sums[:, gi0:gi1] = np.add.reduceat(P, p_at, axis=1) / qg[gi0:gi1]
-                            else:
-                                wc = wv[idx[p0:p1]]
-                                sums[:k, gi0:gi1] = np.add.reduceat(y[:, p0:p1] * wc, p_at, axis=1)
-                                sums[k:, gi0:gi1] = np.add.reduceat(a[:, p0:p1] * wc, p_at, axis=1)
-                        grams.append(_gram_runs(P, p_runs))
-                    per.append((sums, _merge_runs(grams, merge_at)))
-                    continue
+                # one pass, clustered (single-stage files go a piece at a time: task_pieces): the
+                # PSU totals [Y_j; X_j]·√scale_h
+                if wv is None:
+                    P = np.concatenate((_reduce_cols(y, cell_at), _reduce_cols(a, cell_at)))
                 else:
-                    if wv is None:
-                        P = np.concatenate((_reduce_cols(y, cell_at), _reduce_cols(a, cell_at)))
-                    else:
-                        wc = wv[idx]
-                        P = np.concatenate((np.add.reduceat(y * wc, cell_at, axis=1),
-                                            np.add.reduceat(a * wc, cell_at, axis=1)))
-                    sums = None if wv is None else np.add.reduceat(P, at_cells, axis=1)
-                    P *= q_cells
+                    wc = wv[idx]
+                    P = np.concatenate((np.add.reduceat(y * wc, cell_at, axis=1),
+                                        np.add.reduceat(a * wc, cell_at, axis=1)))
+                sums = None if wv is None else np.add.reduceat(P, at_cells, axis=1)
+                P *= q_cells
                 per.append((sums, _gram_runs(P, run_bounds)))
                 del P
-            srs_gram = None
-            if srs and one_pass:
-                srs_gram = _merge_runs([_gram_runs(np.concatenate((y[:, p0:p1], a[:, p0:p1])).astype(np.float64), p_runs)
-                                        for p0, p1, _, _, p_runs in pieces], merge_at)
-            return g, uy, ua, na, per, srs_gram, run_dom, ((y, a, lay) if ci in cached else None)
+            return g, uy, ua, na, per, None, run_dom, ((y, a, lay) if ci in cached else None)
+
+        def task_pieces(ci: int):
+            """One pass over a chunk of a single-stage file: its answers are gathered at once
+            (their rows lie within the chunk), then [y; a]·w·√scale_h and its Gram products are
+            formed a piece (~``piece_rows`` rows, cut at group starts) at a time, in cache.  The
+            group sums of [y; a]·w are P's divided by √scale_h (constant within a group) unless a
+            stratum has scale 0."""
+            r0, r1, _, _ = chunks[ci]
+            m = r1 - r0
+            idx, g, at, dom, _, _ = layout(ci)
+            pieces, run_dom, merge_at = _pieces(at, m, dom, self.piece_rows)
+            qg = q[g_st[g]]
+            direct = bool((qg > 0).all())
+            q_rows = np.repeat(qg, np.diff(np.append(at, m)))  # √scale_h per row
+            f_rows = [q_rows if wv is None else wv[idx] * q_rows for wv in weights]
+            y_all, a_all = columns(idx)
+            uy = _reduce_cols(y_all, at)
+            ua = _reduce_cols(a_all, at)
+            na = ua if a_all.dtype == bool else _reduce_cols(a_all != 0, at)
+            ng = g.shape[0]
+            sums = [None if wv is None else np.empty((2 * k, ng)) for wv in weights]
+            grams: list[list[np.ndarray]] = [[] for _ in weights]
+            srs_grams = []
+            for p0, p1, gi0, gi1, p_runs in pieces:
+                y, a = y_all[:, p0:p1], a_all[:, p0:p1]
+                p_at = at[gi0:gi1] - p0
+                for mw, wv in enumerate(weights):
+                    f = f_rows[mw][p0:p1]
+                    P = np.empty((2 * k, p1 - p0))
+                    np.multiply(_as_number(y), f, out=P[:k])  # booleans as bytes: a faster cast
+                    np.multiply(_as_number(a), f, out=P[k:])
+                    if sums[mw] is not None:
+                        if direct:
+                            sums[mw][:, gi0:gi1] = np.add.reduceat(P, p_at, axis=1) / qg[gi0:gi1]
+                        else:
+                            wc = wv[idx[p0:p1]]
+                            sums[mw][:k, gi0:gi1] = np.add.reduceat(y * wc, p_at, axis=1)
+                            sums[mw][k:, gi0:gi1] = np.add.reduceat(a * wc, p_at, axis=1)
+                    grams[mw].append(_gram_runs(P, p_runs))
+                if srs:
+                    srs_grams.append(_gram_runs(np.concatenate((y, a)).astype(np.float64), p_runs))
+            per = [(sums[mw], _merge_runs(grams[mw], merge_at)) for mw in range(n_w)]
+            srs_gram = _merge_runs(srs_grams, merge_at) if srs else None
+            return g, uy, ua, na, per, srs_gram, run_dom, None
 
         # One pass (chunks in worker threads, summed in chunk order: reproducible): counts and
         # weighted sums per (domain, stratum) group, and per domain the Gram matrix of the PSU
@@ -755,7 +772,7 @@ class SampleDesign:
         UA = np.zeros((G, k))
         NA = np.zeros((G, k))
         for ci, (g, uy, ua, na, per, srs_gram, run_dom, ya) in enumerate(
-                _in_order(self.workers, task, len(chunks))):
+                _in_order(self.workers, task_pieces if single and one_pass else task, len(chunks))):
             if ya is not None:
                 cache[ci] = ya
             _add_rows(UY, g, uy.T)
