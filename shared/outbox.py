@@ -21,7 +21,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from sqlalchemy import Table, func, select, update
+from sqlalchemy import Table, func, select, text, update
 from sqlalchemy import event as sa_event
 from sqlalchemy.orm import Session
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -119,19 +119,37 @@ class OutboxRelay:
                 await asyncio.wait_for(self._wake.wait(), timeout=self.poll_seconds)
             self._wake.clear()
 
+    def claim_query(self, dialect: str):
+        """The next ``batch`` unpublished rows, oldest first.
+
+        Ordered by ``(published_at, seq)``, the unpublished index's own order, though
+        ``published_at`` is NULL in every row it returns: ordered by ``seq`` alone, PostgreSQL
+        preferred walking the primary key from the start, past every published row, once its
+        statistics said most rows were unpublished. Behind a 200,000-event backlog of an
+        outbox that had published 200,000 before, that was 100 ms a round against 3.6 ms: the
+        relay fell to 300 events a second. SQLite, once ``ANALYZE`` has run, makes the same
+        choice (a scan in rowid order) whatever the order, so it is told the index by name
+        (``INDEXED BY``, which SQLAlchemy does not render for SQLite)."""
+        if dialect == "sqlite":
+            return text(
+                f"SELECT seq, envelope FROM {self.outbox.name} INDEXED BY ix_outbox_unpublished "
+                "WHERE published_at IS NULL ORDER BY published_at, seq LIMIT :n"
+            ).bindparams(n=self.batch).columns(self.outbox.c.seq, self.outbox.c.envelope)
+        query = (
+            select(self.outbox.c.seq, self.outbox.c.envelope)
+            .where(self.outbox.c.published_at.is_(None))
+            .order_by(self.outbox.c.published_at, self.outbox.c.seq)
+            .limit(self.batch)
+        )
+        if dialect == "postgresql":
+            query = query.with_for_update(skip_locked=True)
+        return query
+
     async def publish_pending(self) -> int:
         """Publish up to ``batch`` rows; return how many were published."""
         published = 0
         async with self.sessions() as session, session.begin():
-            query = (
-                select(self.outbox.c.seq, self.outbox.c.envelope)
-                .where(self.outbox.c.published_at.is_(None))
-                .order_by(self.outbox.c.seq)
-                .limit(self.batch)
-            )
-            if session.bind.dialect.name == "postgresql":
-                query = query.with_for_update(skip_locked=True)
-            rows = (await session.execute(query)).all()
+            rows = (await session.execute(self.claim_query(session.bind.dialect.name))).all()
             envelopes = [Envelope.model_validate(body) for _, body in rows]
             sent, error = await self.bus.publish_many(envelopes) if envelopes else (0, None)
             done = [seq for seq, _ in rows[:sent]]
