@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -59,6 +61,11 @@ async def add_event(session: AsyncSession, outbox: Table, data: EventData) -> En
     return envelope
 
 
+# The relay deletes old published rows at most this often, between rounds (retention_days).
+PRUNE_EVERY_SECONDS = 600.0
+PRUNE_CHUNK = 10_000
+
+
 class OutboxRelay:
     """Publishes outbox rows in order; one per service process.
 
@@ -80,6 +87,7 @@ class OutboxRelay:
         service: str,
         poll_seconds: float = 0.5,
         batch: int = 200,
+        retention_days: float = 0.0,
     ) -> None:
         self.sessions = sessions
         self.outbox = outbox
@@ -87,6 +95,8 @@ class OutboxRelay:
         self.service = service
         self.poll_seconds = poll_seconds
         self.batch = batch
+        self.retention = dt.timedelta(days=retention_days) if retention_days > 0 else None
+        self._pruned_at = -PRUNE_EVERY_SECONDS  # so the first idle moment prunes
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
 
@@ -115,6 +125,14 @@ class OutboxRelay:
                 raise
             except Exception:
                 log.exception("outbox relay of %s failed; retrying", self.service)
+            if self.retention is not None and time.monotonic() - self._pruned_at >= PRUNE_EVERY_SECONDS:
+                self._pruned_at = time.monotonic()
+                try:
+                    await self.prune()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("pruning the outbox of %s failed; trying again later", self.service)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self.poll_seconds)
             self._wake.clear()
@@ -172,6 +190,26 @@ class OutboxRelay:
         # counting every unpublished row after each round made a relay draining a 400,000-event
         # backlog scan it once per 200 rows, beside the requests that were filling it.
         return published
+
+    async def prune(self, now: dt.datetime | None = None) -> int:
+        """Delete rows published more than the retention period ago; return how many.
+
+        A published row is only history (nothing re-reads it: consumers keep their own inbox),
+        and a national wave leaves hundreds of thousands of them, a few kilobytes each, in the
+        services that stage answers. Deleted ``PRUNE_CHUNK`` at a time, each chunk its own
+        transaction, so no long lock holds back the writers staging new events."""
+        if self.retention is None:
+            return 0
+        cutoff = (now or utcnow()) - self.retention
+        t, total = self.outbox, 0
+        while True:
+            async with self.sessions() as session, session.begin():
+                oldest = (select(t.c.seq).where(t.c.published_at < cutoff)
+                          .order_by(t.c.published_at, t.c.seq).limit(PRUNE_CHUNK).scalar_subquery())
+                deleted = (await session.execute(t.delete().where(t.c.seq.in_(oldest)))).rowcount or 0
+            total += deleted
+            if deleted < PRUNE_CHUNK:
+                return total
 
     async def backlog(self) -> int:
         async with self.sessions() as session:

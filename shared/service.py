@@ -128,7 +128,8 @@ def build_app(spec: ServiceSpec, settings: ServiceSettings, *, bus: EventBus | N
         if owns_bus:
             await the_bus.start()
         relay = OutboxRelay(
-            sessions, spec.tables["outbox"], the_bus, service=spec.name, poll_seconds=settings.platform.outbox_poll_seconds
+            sessions, spec.tables["outbox"], the_bus, service=spec.name, poll_seconds=settings.platform.outbox_poll_seconds,
+            retention_days=settings.platform.outbox_retention_days,
         )
         install_commit_hooks(sessions, relay.notify)
         app.state.settings = settings

@@ -41,6 +41,8 @@ class PlatformSettings(BaseSettings):
     # Applying migrations at start-up suits embedded mode; production runs `migrate` first.
     migrate_on_start: bool | None = None
     outbox_poll_seconds: float = 0.5
+    # Published outbox rows older than this are deleted by the relay (0 keeps them forever).
+    outbox_retention_days: float = 7.0
     consumer_prefetch: int = 32
     consumer_max_attempts: int = 5
     consumer_retry_base_seconds: float = 0.2

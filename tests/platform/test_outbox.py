@@ -477,6 +477,53 @@ async def test_the_relay_claims_through_the_unpublished_index_however_many_rows_
     assert claimed == list(range(first_unpublished, first_unpublished + relay.batch))
 
 
+async def test_the_relay_deletes_published_rows_past_the_retention_and_nothing_else(env, monkeypatch):
+    import datetime as dt
+
+    import shared.outbox as outbox_module
+
+    sampling = await env.db("sampling")
+    now = utcnow()
+    envelope = make_event(WaveCreated(wave_id=uuid.uuid4(), code="OLD", name="Old", scope="national",
+                                      province_code=None, year=2026, methodology_version="sipas-2017",
+                                      fieldwork_start=None, fieldwork_end=None, status="draft")).model_dump(mode="json")
+
+    def row(published_at):
+        return {"event_id": str(uuid.uuid4()), "type": envelope["type"], "envelope": envelope,
+                "created_at": now - dt.timedelta(days=30), "published_at": published_at}
+
+    old = [row(now - dt.timedelta(days=8, minutes=i)) for i in range(25)]
+    kept = [row(now - dt.timedelta(days=6)) for _ in range(5)] + [row(None) for _ in range(5)]
+    async with transaction(sampling.sessions) as session:
+        await session.execute(sampling.outbox.insert(), old + kept)
+    keep_ids = {r["event_id"] for r in kept}
+
+    forever = OutboxRelay(sampling.sessions, sampling.outbox, InMemoryBus(), service="sampling")
+    assert await forever.prune() == 0 and len(await sampling.outbox_rows()) == 35
+
+    monkeypatch.setattr(outbox_module, "PRUNE_CHUNK", 10)  # three chunks: 10, 10, 5
+    relay = OutboxRelay(sampling.sessions, sampling.outbox, InMemoryBus(), service="sampling", retention_days=7)
+    assert await relay.prune() == 25
+    assert {r["event_id"] for r in await sampling.outbox_rows()} == keep_ids
+    assert await relay.prune() == 0
+
+    # The running relay prunes on its own, between rounds.
+    async with transaction(sampling.sessions) as session:
+        await session.execute(sampling.outbox.insert(), [row(now - dt.timedelta(days=9)) for _ in range(3)])
+    bus = InMemoryBus()
+    await bus.start()
+    running = OutboxRelay(sampling.sessions, sampling.outbox, bus, service="sampling", poll_seconds=0.05,
+                          retention_days=7)
+    running.start()
+    try:
+        async def only_kept():
+            assert {r["event_id"] for r in await sampling.outbox_rows()} == keep_ids
+        await eventually(only_kept, timeout=10)
+    finally:
+        await running.stop()
+        await bus.close()
+
+
 @pytest.mark.services
 async def test_two_relays_on_one_outbox_publish_each_row_once(env):
     """Replicas of a service each run a relay; FOR UPDATE SKIP LOCKED keeps them from
