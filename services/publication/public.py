@@ -446,7 +446,7 @@ class PublicCache:
         if self.loading.get(release_id) is done:
             del self.loading[release_id]
         if not done.cancelled():
-            done.exception()  # retrieved: each waiter re-raises it, none may be left to
+            done.exception()  # marked retrieved: its waiters re-raise it, but they may all have gone
 
     async def _load(self, session_factory, tables: dict[str, Table], release_id: str,
                     generation: int) -> list[tuple[int, dt.datetime, str]]:
