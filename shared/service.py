@@ -200,7 +200,7 @@ class _RequestContextMiddleware:
     prometheus_client's ``labels()`` takes a lock and builds a key on every call."""
 
     _HEADER = CORRELATION_HEADER.lower().encode()
-    _CID_NAME = CORRELATION_HEADER.encode()
+    CID_NAME = CORRELATION_HEADER.encode()  # the response header's name, as ASGI sends it
 
     def __init__(self, app: Any, service: str) -> None:
         self.app = app
@@ -217,8 +217,9 @@ class _RequestContextMiddleware:
             if name == self._HEADER:
                 incoming = value
                 break
-        cid_header = self.correlation_header(incoming)
-        token = set_correlation_id(cid_header[1].decode("latin-1"))
+        cid = self.correlation_id(incoming)
+        cid_header = (self.CID_NAME, cid.encode("latin-1"))
+        token = set_correlation_id(cid)
         svc_token = set_service(self.service)
         status = 500
         started = time.perf_counter()
@@ -239,14 +240,13 @@ class _RequestContextMiddleware:
             reset_correlation_id(token)
             reset_service(svc_token)
 
-    @classmethod
-    def correlation_header(cls, incoming: bytes | None) -> tuple[bytes, bytes]:
-        """The response's correlation-id header: the caller's id (cut to 64 characters) or a new one.
+    @staticmethod
+    def correlation_id(incoming: bytes | None) -> str:
+        """The request's correlation id: the caller's (cut to 64 characters) or a new one.
 
         A fresh id only has to be unique, not unguessable: 128 random bits from the fast
         generator, in new_correlation_id()'s format, at a tenth of uuid4's cost."""
-        cid = incoming.decode("latin-1")[:64] if incoming else "%032x" % getrandbits(128)
-        return cls._CID_NAME, cid.encode("latin-1")
+        return incoming.decode("latin-1")[:64] if incoming else "%032x" % getrandbits(128)
 
     def record(self, method: str, path: str, status: int, seconds: float) -> None:
         """Count one answered request (labelled by route template) and observe its latency."""

@@ -275,7 +275,7 @@ class StoredBodyFastPath:
     (the benchmark measured a 304 at under a fifth of a raw ASGI app through them), and a
     published body is immutable bytes with a precomputed ETag, so there is nothing to validate.
     It wraps the whole middleware stack (the layers in between cost more than the answer) and
-    answers in one coroutine, with the platform's request-context middleware's correlation-id
+    sends its answer itself, with the platform's request-context middleware's correlation-id
     header and metric children, so what clients and Prometheus see (metrics labelled with the
     route's template) is the same as on the routed path.
 
@@ -292,8 +292,8 @@ class StoredBodyFastPath:
         self.fastapi_app = fastapi_app
         self.routes: dict[str, object] | None = None
         # Only its metric children and correlation-id format are used: the answer is sent here,
-        # in one coroutine, because each layer of wrapping (a coroutine, a send closure, the
-        # context variables nothing reads on this path) cost as much as the answer itself.
+        # because each layer of its wrapping (a coroutine, a send closure, the context variables
+        # nothing reads on this path) cost as much as the answer itself.
         self.context = RequestContextMiddleware(app, service)
 
     def _route(self, resource: str):
@@ -304,23 +304,31 @@ class StoredBodyFastPath:
         return self.routes[resource]
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or scope["method"] != "GET" or not scope["path"].startswith("/v1/public/releases/"):
-            await self.app(scope, receive, send)
-            return
-        started = perf_counter()
+        if scope["type"] == "http" and scope["method"] == "GET" and scope["path"].startswith("/v1/public/releases/"):
+            started = perf_counter()
+            answer = await self._answer(scope)
+            if answer is not None:
+                status, headers, body, route, correlation = answer
+                cid = (self.context.CID_NAME, self.context.correlation_id(correlation).encode("latin-1"))
+                await send({"type": "http.response.start", "status": status, "headers": [*headers, cid]})
+                await send({"type": "http.response.body", "body": body})
+                self.context.record("GET", route.path, status, perf_counter() - started)
+                return
+        await self.app(scope, receive, send)
+
+    async def _answer(self, scope) -> tuple[int, list, bytes, object, bytes | None] | None:
+        """(status, headers, body, route, caller's correlation id) of the stored answer, or None
+        to let the stack answer."""
         m = _STORED_PATH.match(scope["path"])
         if m is None:
-            await self.app(scope, receive, send)
-            return
+            return None
         if_none_match = correlation = None
         for name, value in scope["headers"]:
             if name in _DOWN_THE_STACK:  # a key is authenticated, a body size-checked, down the stack
-                await self.app(scope, receive, send)
-                return
+                return None
             if name == b"if-none-match":
                 if if_none_match is not None:
-                    await self.app(scope, receive, send)
-                    return
+                    return None
                 if_none_match = value
             elif name == _CORRELATION:
                 correlation = value
@@ -329,23 +337,19 @@ class StoredBodyFastPath:
         if query:
             parsed = _stored_query(query)
             if parsed is None:
-                await self.app(scope, receive, send)
-                return
+                return None
             version, as_of = parsed
         state = self.fastapi_app.state._state  # the dict behind app.state: one lookup per item
         settings = state.get("settings")
         if settings is None:  # not started yet
-            await self.app(scope, receive, send)
-            return
+            return None
         now = state["clock"]()
         if as_of is not None and as_of > now:
-            await self.app(scope, receive, send)
-            return
+            return None
         client = scope.get("client")
         if state["rate_limiter"].take(client[0] if client else "unknown", settings.anonymous_rate_per_minute,
                                       settings.anonymous_burst):
-            await self.app(scope, receive, send)  # refused: the routed path answers 429 (not counted twice)
-            return
+            return None  # refused: the routed path answers 429 with Retry-After (not counted twice)
         scope.setdefault("state", {})[RATE_CHECKED] = True
         resource = "metadata" if m.group(2) else "document"
         cache: public.PublicCache = state["public_cache"]
@@ -355,28 +359,22 @@ class StoredBodyFastPath:
             if versions is None:
                 versions = await cache.versions(state["sessions"], state["tables"], release_id)
             picked = public.pick_visible(versions, as_of or now, version)
-            row = None
-            if picked is not None:
-                row = cache.cached_body(picked[2], resource)
-                if row is None:
-                    row = await cache.body(state["sessions"], state["tables"], picked[2], resource)
+            if picked is None:
+                return None
+            row = cache.cached_body(picked[2], resource)
+            if row is None:
+                row = await cache.body(state["sessions"], state["tables"], picked[2], resource)
         except Exception:  # e.g. the database is down: the routed path reports it as a problem
-            row = None
+            return None
         if row is None:
-            await self.app(scope, receive, send)
-            return
+            return None
         full, bare = public.stored_headers(row, version is not None or as_of is not None, settings.public_max_age_seconds)
         route = scope["route"] = self._route(resource)
-        cid = self.context.correlation_header(correlation)
         # bare[0] is the ETag header: the usual If-None-Match is that one tag, byte for byte
         if if_none_match is not None and (if_none_match == bare[0][1]
                                           or public.matches_header(if_none_match.decode("latin-1"), row["etag"])):
-            status, headers, body = 304, bare, b""
-        else:
-            status, headers, body = 200, full, row["body"]
-        await send({"type": "http.response.start", "status": status, "headers": [*headers, cid]})
-        await send({"type": "http.response.body", "body": body})
-        self.context.record("GET", route.path, status, perf_counter() - started)
+            return 304, bare, b"", route, correlation
+        return 200, full, row["body"], route, correlation
 
 
 _DOWN_THE_STACK = frozenset((b"x-api-key", b"x-internal-token", b"content-length", b"transfer-encoding"))
