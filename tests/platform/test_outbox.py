@@ -28,7 +28,7 @@ from shared.bus import EventBus, InMemoryBus, Subscription
 from shared.contracts.sampling import WaveCreated
 from shared.db import create_engine, session_factory, transaction, utcnow
 from shared.events import Envelope, make_event
-from shared.outbox import OutboxRelay, idempotent_batch_handler, idempotent_handler
+from shared.outbox import OutboxRelay, add_envelopes, idempotent_batch_handler, idempotent_handler
 from tests.conftest import ON_SERVICES, all_queues, drop_backend, eventually
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -445,6 +445,91 @@ async def test_the_relay_works_through_the_backlog_in_batches_in_order(env):
         assert [await relay.publish_pending() for _ in range(4)] == [3, 3, 1, 0]
         assert [str(i) for i in bus.published] == ids
     finally:
+        await bus.close()
+
+
+async def stage_groups(db: ServiceDB, sizes: list[int]) -> list[list[str]]:
+    """Stage groups of wave.created events, one transaction and one outbox row each (a size of
+    1 is a single event); return each group's event ids, in order."""
+    groups = []
+    for g, size in enumerate(sizes):
+        envelopes = [wave_created(f"G{g}-{i}").model_dump(mode="json") for i in range(size)]
+        async with transaction(db.sessions) as session:
+            await add_envelopes(session, db.outbox, envelopes)
+        groups.append([e["id"] for e in envelopes])
+    return groups
+
+
+async def test_a_group_row_goes_out_event_by_event_and_resumes_where_the_broker_stopped(env):
+    """One outbox row holding several events (a Vietnam Post batch stages 10,000 that way): each
+    event is published on its own, in order; if the broker fails halfway, the row remembers how
+    many went out and the next round starts after them (none twice, none skipped)."""
+    sampling = await env.db("sampling")
+    groups = await stage_groups(sampling, [1, 7, 1])
+    ids = [i for g in groups for i in g]
+    rows = await sampling.outbox_rows()
+    assert [r["size"] for r in rows] == [1, 7, 1]
+    assert [r["event_id"] for r in rows] == [g[0] for g in groups]
+    bus = FlakyBus()
+    await bus.start()
+    received: list = []
+
+    async def record(e: Envelope) -> None:
+        received.append(str(e.id))
+
+    await bus.subscribe(Subscription("groups", ["sipas.#"], record))
+    relay = OutboxRelay(sampling.sessions, sampling.outbox, bus, service="sampling")
+    try:
+        assert await relay.backlog() == 9  # events, not rows
+        bus.refuse = {uuid.UUID(groups[1][4])}
+        assert await relay.publish_pending() == 5  # the single, then four of the group
+        rows = await sampling.outbox_rows()
+        assert [r["published_at"] is not None for r in rows] == [True, False, False]
+        assert (rows[1]["sent"], rows[1]["attempts"]) == (4, 1) and "broker unavailable" in rows[1]["last_error"]
+        assert await relay.backlog() == 4
+
+        bus.refuse = set()
+        assert await relay.publish_pending() == 4
+        await bus.drain()
+        assert [str(i) for i in bus.published] == ids
+        assert received == ids
+        rows = await sampling.outbox_rows()
+        assert all(r["published_at"] is not None for r in rows)
+        assert [r["sent"] for r in rows] == [1, 7, 1]
+        assert await relay.backlog() == 0
+    finally:
+        await bus.close()
+
+
+async def test_a_round_takes_rows_within_the_event_budget_and_a_larger_group_alone(env):
+    sampling = await env.db("sampling")
+    groups = await stage_groups(sampling, [4, 3, 1, 10, 1])
+    bus = FlakyBus()
+    await bus.start()
+    relay = OutboxRelay(sampling.sessions, sampling.outbox, bus, service="sampling", event_budget=5)
+    try:
+        assert await relay.backlog() == 19
+        assert [await relay.publish_pending() for _ in range(5)] == [4, 4, 10, 1, 0]
+        assert [str(i) for i in bus.published] == [i for g in groups for i in g]
+    finally:
+        await bus.close()
+
+
+async def test_the_running_relay_drains_groups_beyond_one_round(env):
+    """The relay's loop goes on while a round was cut short by the budget, not only when it
+    claimed ``batch`` rows: three 10-event groups with a budget of 5 need three rounds."""
+    sampling = await env.db("sampling")
+    groups = await stage_groups(sampling, [10, 10, 10])
+    bus = FlakyBus()
+    await bus.start()
+    relay = OutboxRelay(sampling.sessions, sampling.outbox, bus, service="sampling", event_budget=5,
+                        poll_seconds=30)
+    relay.start()
+    try:
+        await eventually(lambda: _equals(relay.backlog(), 0), timeout=5)  # well before a second poll
+        assert [str(i) for i in bus.published] == [i for g in groups for i in g]
+    finally:
+        await relay.stop()
         await bus.close()
 
 
