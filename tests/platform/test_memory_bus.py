@@ -53,3 +53,28 @@ async def test_an_event_that_ends_in_the_dead_letter_queue_also_releases_the_pub
     await asyncio.wait_for(bus.publish(_event()), 2)
     assert await bus.dead_letter_count("q.broken") == 1
     await bus.close()
+
+
+async def test_a_queue_bound_after_events_of_a_type_were_published_gets_the_next_ones():
+    """The bus remembers which queues each event type goes to; binding a queue must refresh it."""
+    bus = InMemoryBus()
+    await bus.start()
+    got: dict[str, list] = {"first": [], "later": [], "other": []}
+
+    def into(name):
+        async def record(event):
+            got[name].append(event.id)
+        return record
+
+    await bus.subscribe(Subscription("q.first", ["sipas.sampling.#"], into("first")))
+    await bus.subscribe(Subscription("q.other", ["sipas.survey.#"], into("other")))
+    before = _event()
+    await bus.publish(before)
+    await bus.subscribe(Subscription("q.later", ["sipas.sampling.wave.#"], into("later")))
+    after = _event()
+    await bus.publish(after)
+    assert got == {"first": [before.id, after.id], "later": [after.id], "other": []}
+    await bus.declare("q.held", ["sipas.sampling.wave.created.v1"])  # declared, nobody consumes it
+    await bus.publish(_event())
+    assert await bus.queue_depth("q.held") == 1
+    await bus.close()
