@@ -10,13 +10,13 @@ Vietnam Post pull never skips a change.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
-import functools
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from sqlalchemy import String, Table, any_, bindparam, select, text, update
@@ -30,7 +30,10 @@ from shared.contracts.survey import FormStatusChanged, ReplacementRequested
 from shared.db import insert_for, new_id_strings, utcnow
 from shared.events import SPEC_VERSION, EventData
 from shared.observability import current_correlation_id
+from shared.outbox import add_envelopes
 from shared.errors import InvalidState, NotFound
+
+T = TypeVar("T")
 
 STATUSES = ("assigned", "dispatched", "collected", "refused", "unreachable", "ineligible", "replaced")
 # assigned → dispatched → collected | refused | unreachable | ineligible, then replaced. A form
@@ -97,15 +100,14 @@ def _iso(value: dt.datetime | None) -> str | None:
 
 
 async def stage_events(session: AsyncSession, outbox: Table, events: Sequence[EventData | Payload]) -> None:
-    """``shared.outbox.add_event`` for many events in one INSERT (same envelope, same rows, same
-    relay wake-up)."""
+    """``shared.outbox.add_event`` for many events: one outbox row holding them as a group
+    (``shared.outbox.add_envelopes``), published in this order, each with its own id."""
     if not events:
         return
-    now = utcnow()
-    time = _iso(now)
+    time = _iso(utcnow())
     cid = current_correlation_id()
     checked: set[type[EventData]] = set()
-    rows = []
+    envelopes = []
     for event, event_id in zip(events, new_id_strings(len(events))):
         if isinstance(event, Payload):
             cls, data, subject = event.contract, event.data, event.subject
@@ -114,29 +116,42 @@ async def stage_events(session: AsyncSession, outbox: Table, events: Sequence[Ev
                 checked.add(cls)
         else:
             cls, data, subject = type(event), event.model_dump(mode="json"), event.subject()
-        rows.append({"event_id": event_id, "type": cls.event_type, "envelope": {
+        envelopes.append({
             "specversion": SPEC_VERSION, "id": event_id, "type": cls.event_type, "source": f"/sipas/{cls.producer}",
             "time": time, "subject": subject, "correlation_id": cid, "datacontenttype": "application/json", "data": data,
-        }})
-    if is_pg(session):
-        await session.execute(_pg_outbox_insert(outbox.name), {"rows": json_rows(rows), "at": now})
-    else:
-        await session.execute(outbox.insert(), [r | {"created_at": now} for r in rows])
-    notify = session.info.get("outbox_notify")
-    if notify is not None:
-        session.info.setdefault("after_commit", []).append(notify)
+        })
+    await add_envelopes(session, outbox, envelopes)
 
 
 # ---------------------------------------------------------------------- bulk writes on PostgreSQL
-# A 5,000-form batch writes 5,000 responses, form updates and history rows and 10,000 outbox
-# rows. An executemany is one statement execution per row on the server plus SQLAlchemy's
-# per-row bind processing in Python, and array parameters (``unnest``) cost asyncpg a type check
-# per element. So on PostgreSQL each of these writes is one statement whose rows arrive as one
+# A 5,000-form batch writes 5,000 responses, form updates and history rows (and one outbox row
+# holding its 10,000 events, ``stage_events``). An executemany is one statement execution per
+# row on the server plus SQLAlchemy's per-row bind processing in Python, and array parameters
+# (``unnest``) cost asyncpg a type check per element. So on PostgreSQL each of these writes is one statement whose rows arrive as one
 # JSON document (``json_to_recordset``), encoded by orjson in one call (a quarter of
 # pydantic-core's ``to_json`` time on these rows): a single execution and round trip, and next
-# to no Python per row. JSON text
-# cannot carry NUL, which the API refuses anyway. SQLite keeps the executemany (in-process,
+# to no Python per row. JSON text cannot carry NUL, which the API refuses anyway. SQLite keeps the executemany (in-process,
 # no round trips to save).
+
+
+async def overlapped(session: AsyncSession, statement: Any, params: Any, work: Callable[[], T]) -> T:
+    """Execute ``statement`` and meanwhile run ``work`` (plain Python that does not touch the
+    session); return what ``work`` returned once both are done.
+
+    A request's Python and the database's work on its statements otherwise take turns, one of
+    the two cores idle each time. The statement is started as a task and given one turn of the
+    loop to go out on the wire (asyncpg sends a cached statement in one write; aiosqlite hands
+    it to its thread), then ``work`` runs while the server executes it. If it had not gone out
+    yet it just runs after ``work``: slower, never wrong."""
+    task = asyncio.ensure_future(session.execute(statement, params))
+    await asyncio.sleep(0)
+    try:
+        result = work()
+    except BaseException:
+        await asyncio.gather(task, return_exceptions=True)  # the session must be idle again
+        raise
+    await task
+    return result
 
 
 def json_rows(rows: list[dict]) -> str:
@@ -147,15 +162,6 @@ def json_rows(rows: list[dict]) -> str:
 
 def is_pg(session: AsyncSession) -> bool:
     return session.bind is not None and session.bind.dialect.name == "postgresql"
-
-
-@functools.cache
-def _pg_outbox_insert(table: str) -> Any:
-    return text(
-        f"INSERT INTO {table} (event_id, type, envelope, created_at) "
-        "SELECT r.event_id, r.type, r.envelope, CAST(:at AS timestamptz) "
-        "FROM json_to_recordset(CAST(:rows AS json)) AS r(event_id text, type text, envelope json)"
-    )
 
 
 _PG_FORM_MOVES = text(
@@ -512,33 +518,40 @@ async def apply_moves(session: AsyncSession, tables: dict[str, Table], wave_id: 
         return
     first = await allocate_changes(session, wave_id, len(moves))
     now = utcnow()
-    params, hist, events = [], [], []
+    befores = [m.row["status"] for m in moves]
     for i, m in enumerate(moves):
-        before = m.row["status"]
         m.row.update(status=m.status, change_seq=first + i, updated_at=now)
         if m.enumerator_id is not None:
             m.row["enumerator_id"] = m.enumerator_id
-        params.append(
-            {"_id": m.row["id"], "_status": m.status, "_seq": first + i, "_now": now, "_enum": m.row["enumerator_id"]}
-        )
-        hist.append({"form_id": m.row["id"], "from_status": before, "to_status": m.status, "actor": actor, "reason": m.reason, "at": now})
-        events.append(_status_event(m.row, m.status, m.reason))
-        if m.status in NEEDS_REPLACEMENT:
-            reason = m.replacement_reason or ("ineligible" if m.status == "ineligible" else m.status)
-            events.append(
-                ReplacementRequested(wave_id=wave_id, form_code=m.row["form_code"], unit_id=m.row["unit_id"], reason=reason)
-            )
     if is_pg(session):
-        await session.execute(_PG_FORM_MOVES, {"now": now, "rows": json_rows(
-            [{"id": p["_id"], "status": p["_status"], "seq": p["_seq"], "enum": p["_enum"]} for p in params])})
+        statement, params = _PG_FORM_MOVES, {"now": now, "rows": json_rows(
+            [{"id": m.row["id"], "status": m.status, "seq": m.row["change_seq"], "enum": m.row["enumerator_id"]} for m in moves])}
     else:
-        stmt = (
+        await session.connection()  # make sure the executemany runs on this session's connection
+        statement = (
             update(form)
             .where(form.c.id == bindparam("_id"))
-            .values(status=bindparam("_status"), change_seq=bindparam("_seq"), updated_at=bindparam("_now"), enumerator_id=bindparam("_enum"))
+            .values(status=bindparam("_status"), change_seq=bindparam("_seq"), updated_at=bindparam("_now"),
+                    enumerator_id=bindparam("_enum"))
+            .execution_options(synchronize_session=False)
         )
-        await session.connection()  # make sure the executemany runs on this session's connection
-        await session.execute(stmt.execution_options(synchronize_session=False), params)
+        params = [{"_id": m.row["id"], "_status": m.status, "_seq": m.row["change_seq"], "_now": now,
+                   "_enum": m.row["enumerator_id"]} for m in moves]
+
+    def history_and_events() -> tuple[list[dict], list]:
+        hist, events = [], []
+        for m, before in zip(moves, befores):
+            hist.append({"form_id": m.row["id"], "from_status": before, "to_status": m.status, "actor": actor,
+                         "reason": m.reason, "at": now})
+            events.append(_status_event(m.row, m.status, m.reason))
+            if m.status in NEEDS_REPLACEMENT:
+                reason = m.replacement_reason or ("ineligible" if m.status == "ineligible" else m.status)
+                events.append(ReplacementRequested(wave_id=wave_id, form_code=m.row["form_code"], unit_id=m.row["unit_id"],
+                                                   reason=reason))
+        return hist, events
+
+    # History rows and events are built while the database updates the forms.
+    hist, events = await overlapped(session, statement, params, history_and_events)
     await insert_history(session, hist)
     await stage_events(session, tables["outbox"], events)
 

@@ -230,37 +230,46 @@ async def record_responses(
     if not accepted:
         return []
     now = utcnow()
-    sensitive = set(method.sensitive_questions())
-    rows, events, ids = [], [], new_id_strings(len(accepted))
+    rows, ids = [], new_id_strings(len(accepted))
     for (form_row, rec, digest), rid in zip(accepted, ids):
-        enumerator = rec.get("enumerator_id") or form_row["enumerator_id"]
         rows.append({
             "id": rid, "form_id": form_row["id"], "wave_id": form_row["wave_id"], "channel": channel,
-            "answers": rec["answers"], "content_hash": digest, "enumerator_id": enumerator,
+            "answers": rec["answers"], "content_hash": digest,
+            "enumerator_id": rec.get("enumerator_id") or form_row["enumerator_id"],
             "started_at": rec.get("started_at"), "duration_seconds": rec.get("duration_seconds"),
             "submitted_at": rec.get("submitted_at") or now, "source": source, "revision": 1,
         })
-        submitted = rec.get("submitted_at") or now
-        events.append(F.Payload(ResponseSubmitted, {
-            "wave_id": form_row["wave_id"], "form_code": form_row["form_code"], "unit_id": form_row["unit_id"],
-            "response_id": rid, "revision": 1, "stratum": form_row["stratum"], "province_code": form_row["province_code"],
-            "commune_code": form_row["commune_code"], "channel": channel, "enumerator_id": enumerator,
-            "methodology_version": wave_row["methodology_version"],
-            "answers": {k: v for k, v in rec["answers"].items() if k not in sensitive},
-            "started_at": F._iso(rec.get("started_at")), "duration_seconds": rec.get("duration_seconds"),
-            "submitted_at": F._iso(submitted),
-        }, form_row["form_code"]))
     if F.is_pg(session):
         for r in rows:  # what the UTCDateTime column refuses on the executemany path
             if (r["started_at"] is not None and r["started_at"].tzinfo is None) or r["submitted_at"].tzinfo is None:
                 raise ValueError("naive datetime given to a UTC column")
-        await session.execute(_PG_RESPONSES, {"rows": F.json_rows(rows)})
+        insert, params = _PG_RESPONSES, {"rows": F.json_rows(rows)}
     else:
-        await session.execute(response.insert(), rows)
+        insert, params = response.insert(), rows
+    # The events are built while the database stores the rows.
+    events = await F.overlapped(session, insert, params, lambda: _submitted_events(method, wave_row, accepted, rows, channel))
     moves = [F.Move(form_row, "collected", None, None, rec.get("enumerator_id")) for form_row, rec, _ in accepted]
     await F.apply_moves(session, tables, wave_row["id"], moves, actor=actor)
     await F.stage_events(session, tables["outbox"], events)
     return ids
+
+
+def _submitted_events(method: Methodology, wave_row: dict, accepted: Sequence[tuple[dict, dict, str]], rows: list[dict],
+                      channel: str) -> list[F.Payload]:
+    """``response.submitted`` of each stored response, without the sensitive profile answers."""
+    sensitive = set(method.sensitive_questions())
+    events = []
+    for (form_row, rec, _), row in zip(accepted, rows):
+        events.append(F.Payload(ResponseSubmitted, {
+            "wave_id": form_row["wave_id"], "form_code": form_row["form_code"], "unit_id": form_row["unit_id"],
+            "response_id": row["id"], "revision": 1, "stratum": form_row["stratum"], "province_code": form_row["province_code"],
+            "commune_code": form_row["commune_code"], "channel": channel, "enumerator_id": row["enumerator_id"],
+            "methodology_version": wave_row["methodology_version"],
+            "answers": {k: v for k, v in rec["answers"].items() if k not in sensitive},
+            "started_at": F._iso(rec.get("started_at")), "duration_seconds": rec.get("duration_seconds"),
+            "submitted_at": F._iso(row["submitted_at"]),
+        }, form_row["form_code"]))
+    return events
 
 
 _RESPONSE_COLUMNS = {

@@ -104,8 +104,8 @@ async def dead_letters(url: str, exchange: str, queues: list[str]) -> dict[str, 
 
 
 async def event_ledger(schema_prefix: str) -> tuple[dict[str, int], dict[tuple[str, str], int], int]:
-    """Outbox rows by type (all five services), inbox rows by (service, consumer), and how many
-    outbox rows were never published."""
+    """Outbox events by type (all five services), inbox rows by (service, consumer), and how many
+    outbox events were never published."""
     engine = create_engine(DATABASE_URL)
     produced: dict[str, int] = {}
     taken: dict[tuple[str, str], int] = {}
@@ -114,9 +114,11 @@ async def event_ledger(schema_prefix: str) -> tuple[dict[str, int], dict[tuple[s
         async with engine.connect() as conn:
             for name in SERVICES:
                 schema = f'"{schema_prefix}{name}"'
+                # Events, not rows: a row may hold a group of events (shared.outbox.add_envelopes).
                 for type_, n, pending in await conn.execute(text(
-                        f"SELECT type, count(*), count(*) FILTER (WHERE published_at IS NULL) "
-                        f"FROM {schema}.outbox GROUP BY type")):
+                        f"SELECT e->>'type', count(*), count(*) FILTER (WHERE o.published_at IS NULL) "
+                        f"FROM {schema}.outbox o, json_array_elements(CASE WHEN o.size > 1 THEN o.envelope "
+                        f"ELSE json_build_array(o.envelope) END) e GROUP BY 1")):
                     produced[type_] = produced.get(type_, 0) + n
                     unpublished += pending
                 for consumer, n in await conn.execute(text(f"SELECT consumer, count(*) FROM {schema}.inbox GROUP BY consumer")):

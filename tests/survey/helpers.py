@@ -10,6 +10,7 @@ from sqlalchemy import func, select
 from services.survey.models import form
 from shared.contracts.sampling import SampledUnit, SampleDrawn, StratumSummary, UnitReplaced, WaveCreated, WaveUpdated
 from shared.events import make_event
+from shared.outbox import row_envelopes
 from tests.conftest import eventually
 
 
@@ -96,8 +97,9 @@ async def outbox_events(stack, event_type: str, wave_id) -> list[dict]:
     """Payloads of one wave's events survey staged in its outbox, oldest first."""
     outbox = stack.apps["survey"].state.tables["outbox"]
     async with stack.apps["survey"].state.sessions() as session:
-        rows = await session.execute(select(outbox.c.envelope).where(outbox.c.type == event_type).order_by(outbox.c.seq))
-        return [r[0]["data"] for r in rows if r[0]["data"]["wave_id"] == str(wave_id)]
+        rows = await session.scalars(select(outbox.c.envelope).order_by(outbox.c.seq))
+        return [e["data"] for body in rows for e in row_envelopes(body)
+                if e["type"] == event_type and e["data"]["wave_id"] == str(wave_id)]
 
 
 def unknown_code() -> str:
