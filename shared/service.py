@@ -50,6 +50,8 @@ from shared.tables import add_platform_tables
 
 log = logging.getLogger("sipas.service")
 
+GC_THRESHOLDS = (10_000, 50, 100)
+
 Effect = Callable[[AsyncSession, Any, Envelope], Awaitable[None]]
 
 
@@ -162,6 +164,13 @@ def build_app(spec: ServiceSpec, settings: ServiceSettings, *, bus: EventBus | N
         # the whole startup heap — tens of milliseconds on a request path (publication's p99).
         gc.collect()
         gc.freeze()
+        # Young collections every 10,000 net allocations instead of 700, older ones 50 and 100
+        # times rarer (defaults 10, 10). A 5,000-form Vietnam Post push allocates millions of
+        # short-lived objects, nearly all freed by reference counting, and with the defaults the
+        # collector ran often enough to take 15% of the push (0.86 s against 0.72 s a batch).
+        # Cycles are still collected, just in larger, rarer passes; the process-wide setting is
+        # the same for every service, so it is set here, once per start.
+        gc.set_threshold(*GC_THRESHOLDS)
         log.info("%s service started on %s", spec.name, engine.dialect.name)
         reset_service(service_token)
         try:
