@@ -164,11 +164,16 @@ def is_pg(session: AsyncSession) -> bool:
     return session.bind is not None and session.bind.dialect.name == "postgresql"
 
 
+# A batch of moves and their history rows in one statement: the history comes from the rows the
+# UPDATE returns, so it is neither built in Python nor sent and parsed as a second document.
 _PG_FORM_MOVES = text(
-    "UPDATE form SET status = u.status, change_seq = u.seq, enumerator_id = u.enum, "
+    "WITH moved AS (UPDATE form SET status = m.status, change_seq = m.seq, enumerator_id = m.enum, "
     "updated_at = CAST(:now AS timestamptz) "
-    "FROM json_to_recordset(CAST(:rows AS json)) AS u(id text, status text, seq bigint, enum text) "
-    "WHERE form.id = u.id"
+    "FROM json_to_recordset(CAST(:rows AS json)) AS m(id text, status text, seq bigint, enum text, before text, reason text) "
+    "WHERE form.id = m.id RETURNING form.id, m.before, m.status, m.reason, m.seq) "
+    "INSERT INTO form_history (form_id, from_status, to_status, actor, reason, at) "
+    "SELECT moved.id, moved.before, moved.status, CAST(:actor AS text), moved.reason, CAST(:now AS timestamptz) "
+    "FROM moved ORDER BY moved.seq"
 )
 
 _PG_HISTORY = text(
@@ -511,10 +516,15 @@ def check_move(row: dict, status: str) -> None:
         )
 
 
-async def apply_moves(session: AsyncSession, tables: dict[str, Table], wave_id: str, moves: Sequence[Move], *, actor: str) -> None:
+async def apply_moves(
+    session: AsyncSession, tables: dict[str, Table], wave_id: str, moves: Sequence[Move], *, actor: str,
+    then: Sequence[EventData | Payload] = (),
+) -> None:
     """Apply validated moves of one wave's forms in bulk: status, history, events (a
-    ``replacement.requested`` for refused, unreachable and ineligible units)."""
+    ``replacement.requested`` for refused, unreachable and ineligible units). ``then``: more
+    events of the same change, staged after the moves' own in the same outbox group."""
     if not moves:
+        await stage_events(session, tables["outbox"], then)
         return
     first = await allocate_changes(session, wave_id, len(moves))
     now = utcnow()
@@ -523,9 +533,11 @@ async def apply_moves(session: AsyncSession, tables: dict[str, Table], wave_id: 
         m.row.update(status=m.status, change_seq=first + i, updated_at=now)
         if m.enumerator_id is not None:
             m.row["enumerator_id"] = m.enumerator_id
-    if is_pg(session):
-        statement, params = _PG_FORM_MOVES, {"now": now, "rows": json_rows(
-            [{"id": m.row["id"], "status": m.status, "seq": m.row["change_seq"], "enum": m.row["enumerator_id"]} for m in moves])}
+    pg = is_pg(session)
+    if pg:  # the history rows are written by the same statement
+        statement, params = _PG_FORM_MOVES, {"now": now, "actor": actor, "rows": json_rows([
+            {"id": m.row["id"], "status": m.status, "seq": m.row["change_seq"], "enum": m.row["enumerator_id"],
+             "before": before, "reason": m.reason} for m, before in zip(moves, befores)])}
     else:
         await session.connection()  # make sure the executemany runs on this session's connection
         statement = (
@@ -539,10 +551,10 @@ async def apply_moves(session: AsyncSession, tables: dict[str, Table], wave_id: 
                    "_enum": m.row["enumerator_id"]} for m in moves]
 
     def history_and_events() -> tuple[list[dict], list]:
-        hist, events = [], []
-        for m, before in zip(moves, befores):
-            hist.append({"form_id": m.row["id"], "from_status": before, "to_status": m.status, "actor": actor,
-                         "reason": m.reason, "at": now})
+        hist = [] if pg else [{"form_id": m.row["id"], "from_status": before, "to_status": m.status, "actor": actor,
+                               "reason": m.reason, "at": now} for m, before in zip(moves, befores)]
+        events: list[EventData | Payload] = []
+        for m in moves:
             events.append(_status_event(m.row, m.status, m.reason))
             if m.status in NEEDS_REPLACEMENT:
                 reason = m.replacement_reason or ("ineligible" if m.status == "ineligible" else m.status)
@@ -553,7 +565,7 @@ async def apply_moves(session: AsyncSession, tables: dict[str, Table], wave_id: 
     # History rows and events are built while the database updates the forms.
     hist, events = await overlapped(session, statement, params, history_and_events)
     await insert_history(session, hist)
-    await stage_events(session, tables["outbox"], events)
+    await stage_events(session, tables["outbox"], [*events, *then])
 
 
 async def change_status(

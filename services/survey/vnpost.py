@@ -13,6 +13,7 @@ transaction, so the second push waits on its key and then replays the first one'
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -249,8 +250,7 @@ async def record_responses(
     # The events are built while the database stores the rows.
     events = await F.overlapped(session, insert, params, lambda: _submitted_events(method, wave_row, accepted, rows, channel))
     moves = [F.Move(form_row, "collected", None, None, rec.get("enumerator_id")) for form_row, rec, _ in accepted]
-    await F.apply_moves(session, tables, wave_row["id"], moves, actor=actor)
-    await F.stage_events(session, tables["outbox"], events)
+    await F.apply_moves(session, tables, wave_row["id"], moves, actor=actor, then=events)
     return ids
 
 
@@ -258,6 +258,7 @@ def _submitted_events(method: Methodology, wave_row: dict, accepted: Sequence[tu
                       channel: str) -> list[F.Payload]:
     """``response.submitted`` of each stored response, without the sensitive profile answers."""
     sensitive = set(method.sensitive_questions())
+    iso = functools.lru_cache(maxsize=64)(F._iso)  # a batch's rows mostly share one submitted_at
     events = []
     for (form_row, rec, _), row in zip(accepted, rows):
         events.append(F.Payload(ResponseSubmitted, {
@@ -267,7 +268,7 @@ def _submitted_events(method: Methodology, wave_row: dict, accepted: Sequence[tu
             "methodology_version": wave_row["methodology_version"],
             "answers": {k: v for k, v in rec["answers"].items() if k not in sensitive},
             "started_at": F._iso(rec.get("started_at")), "duration_seconds": rec.get("duration_seconds"),
-            "submitted_at": F._iso(row["submitted_at"]),
+            "submitted_at": iso(row["submitted_at"]),
         }, form_row["form_code"]))
     return events
 

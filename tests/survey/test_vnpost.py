@@ -172,6 +172,22 @@ async def test_records_are_judged_one_by_one(stack, clients):
     asked = [e for e in await outbox_events(stack, "sipas.survey.replacement.requested.v1", wave_id)]
     assert [(a["form_code"], a["reason"]) for a in asked] == [(codes[5], "moved")]
 
+    # Each batch move is in the form's history (PostgreSQL writes it in the forms' UPDATE).
+    r = await clients.survey.post("/v1/vnpost/status-batches", headers=vnpost, json={
+        "batch_id": "s3", "wave_id": str(wave_id), "records": [
+            {"form_code": codes[3], "status": "refused", "reason": "không muốn trả lời"}]})
+    assert r.json()["counts"]["applied"] == 1
+    ministry = await clients.key("ministry")
+    history = {}
+    for code in (codes[0], codes[3], codes[5]):
+        r = await clients.survey.get(f"/v1/forms/{code}", headers=ministry)
+        history[code] = [(h["from_status"], h["to_status"], h["reason"]) for h in r.json()["history"]]
+    assert history == {
+        codes[0]: [(None, "assigned", None), ("assigned", "collected", None)],
+        codes[3]: [(None, "assigned", None), ("assigned", "refused", "không muốn trả lời")],
+        codes[5]: [(None, "assigned", None), ("assigned", "dispatched", None), ("dispatched", "unreachable", None)],
+    }
+
 
 async def test_bad_batches_are_clear_errors(stack, clients, monkeypatch):
     wave_id = await setup_wave(stack, [unit()])
