@@ -153,6 +153,7 @@ async def _run(backend: str, n_forms: int, n_online: int, pushers: int = 1) -> l
             waited = time.perf_counter()
             while await app.state.relay.backlog() and time.perf_counter() - waited < 180:
                 await asyncio.sleep(0.1)
+            catch_up = time.perf_counter() - waited
             backlog_left = await app.state.relay.backlog()
             if backlog_left:  # the relay did not catch up: keep it from running beside the baseline
                 await app.state.relay.stop()
@@ -186,7 +187,7 @@ async def _run(backend: str, n_forms: int, n_online: int, pushers: int = 1) -> l
                       f"first quarter of the batches median {statistics.median(per_batch[:max(1, len(per_batch) // 4)]):.2f} s, "
                       f"last quarter {statistics.median(per_batch[-max(1, len(per_batch) // 4):]):.2f} s"),
                 extra={"batches": len(bodies), "seconds": api_seconds, "outbox_backlog_after_push": backlog_after_push,
-                       "relay_catch_up_seconds": time.perf_counter() - waited if not backlog_left else None,
+                       "relay_catch_up_seconds": catch_up if not backlog_left else None,
                        "outbox_backlog_before_baseline": backlog_left}))
 
             if not backlog_left:  # sustained: until the last event of the pushes left the outbox
@@ -194,7 +195,7 @@ async def _run(backend: str, n_forms: int, n_online: int, pushers: int = 1) -> l
                 results.append(Result(
                     f"[{backend}] Vietnam Post push, pushed and published", n_forms / caught_up, "forms/s",
                     note=(f"{n_forms:,} forms pushed and their {2 * n_forms:,} events published by the relay: "
-                          f"{api_seconds:.0f} s of pushes, then {caught_up - api_seconds:.0f} s until the outbox "
+                          f"{api_seconds:.0f} s of pushes, then {caught_up - api_seconds:.1f} s until the outbox "
                           f"was empty ({backlog_after_push:,} events were waiting when the pushes ended)")))
 
             # 2. Online submissions, one at a time.
