@@ -116,8 +116,9 @@ _ENVELOPES = TypeAdapter(list[Envelope])  # a third faster than model_validate o
 class OutboxRelay:
     """Publishes outbox rows in order; one per service process.
 
-    A round hands the bus up to ``batch`` rows (and about ``event_budget`` events) at once (``EventBus.publish_many``): RabbitMQ
-    confirms them together, and the in-process bus lets consumers take them as one batch.
+    A round hands the bus up to ``batch`` rows (and at most ``event_budget`` events) at once
+    (``EventBus.publish_many``): RabbitMQ confirms them together, and the in-process bus lets
+    consumers take them as one batch.
 
     It polls (``poll_seconds``) and is also woken right after a commit that staged events, so the
     usual latency is a few milliseconds while a missed wake-up costs at most one poll interval.
@@ -134,7 +135,7 @@ class OutboxRelay:
         service: str,
         poll_seconds: float = 0.5,
         batch: int = 200,
-        event_budget: int = 5000,
+        event_budget: int = 10_000,
         retention_days: float = 0.0,
     ) -> None:
         self.sessions = sessions
@@ -217,8 +218,9 @@ class OutboxRelay:
         return query
 
     async def publish_pending(self) -> int:
-        """Publish one round: up to ``batch`` rows and about ``event_budget`` events (a group
-        larger than that goes alone). Returns how many events were published."""
+        """Publish one round: up to ``batch`` rows and ``event_budget`` events (a group that
+        does not fit is published in part and resumed by the next round). Returns how many events
+        were published."""
         return (await self._round())[0]
 
     async def _round(self) -> tuple[int, bool]:
@@ -226,19 +228,22 @@ class OutboxRelay:
         t = self.outbox
         async with self.sessions() as session, session.begin():
             claimed = (await session.execute(self.claim_query(session.bind.dialect.name))).all()
-            rows, events = [], 0  # the oldest rows within the budget: (seq, size, sent, envelopes)
+            # The oldest rows, up to the round's event budget; a group may be taken in part (the
+            # rest of it starts the next round): [seq, size, sent, take, envelope]
+            rows, budget = [], self.event_budget
             for seq, size, sent, envelope in claimed:
-                if rows and events + size - sent > self.event_budget:
+                if budget <= 0:
                     break
-                rows.append([seq, size, sent, envelope])
-                events += size - sent
+                take = min(size - sent, budget)
+                rows.append([seq, size, sent, take, envelope])
+                budget -= take
             groups = [r[0] for r in rows if r[1] > 1]
             if groups:
                 bodies = dict((await session.execute(select(t.c.seq, t.c.envelope).where(t.c.seq.in_(groups)))).all())
                 for r in rows:
                     if r[1] > 1:
-                        r[3] = bodies[r[0]]
-            bodies = [body for _, _, sent, envelope in rows for body in row_envelopes(envelope)[sent:]]
+                        r[4] = bodies[r[0]]
+            bodies = [body for _, _, sent, take, envelope in rows for body in row_envelopes(envelope)[sent:sent + take]]
             envelopes = []
             for i in range(0, len(bodies), YIELD_EVERY):
                 if i:  # a 10,000-event group: let the requests on this loop run between slices
@@ -247,25 +252,27 @@ class OutboxRelay:
             published, error = await self.bus.publish_many(envelopes) if envelopes else (0, None)
             for kind, n in Counter(e.type for e in envelopes[:published]).items():
                 EVENTS_PUBLISHED.labels(self.service, kind).inc(n)
-            done, left = [], published
-            for seq, size, sent, _ in rows:
-                if left < size - sent:
+            done, unfinished, left = [], None, published
+            for seq, size, sent, take, _ in rows:
+                n = min(left, take)
+                left -= n
+                if sent + n < size:  # cut by the budget or by the broker: it resumes here
+                    unfinished = (seq, sent + n)
                     break
                 done.append(seq)
-                left -= size - sent
             if done:
                 await session.execute(update(t).where(t.c.seq.in_(done)).values(published_at=utcnow(), sent=t.c.size))
-            if error is not None and len(done) < len(rows):  # broker down: keep the rest, try again later (in order)
-                seq, size, sent, _ = rows[len(done)]
-                await session.execute(
-                    update(t).where(t.c.seq == seq)
-                    .values(sent=sent + left, attempts=t.c.attempts + 1, last_error=str(error)[:500])
-                )
+            if error is not None and unfinished is not None:  # broker down: keep the rest, retry later, in order
+                seq, sent = unfinished
+                await session.execute(update(t).where(t.c.seq == seq).values(
+                    sent=sent, attempts=t.c.attempts + 1, last_error=str(error)[:500]))
                 log.warning("publishing %s failed: %s", envelopes[published].type, error)
+            elif unfinished is not None:
+                await session.execute(update(t).where(t.c.seq == unfinished[0]).values(sent=unfinished[1]))
         # The backlog gauge is counted when /metrics is scraped (shared/service.py), not here:
         # counting every unpublished row after each round made a relay draining a 400,000-event
         # backlog scan it once per 200 rows, beside the requests that were filling it.
-        return published, error is None and (len(claimed) == self.batch or len(rows) < len(claimed))
+        return published, error is None and (len(claimed) == self.batch or budget <= 0)
 
     async def prune(self, now: dt.datetime | None = None) -> int:
         """Delete rows published more than the retention period ago; return how many.

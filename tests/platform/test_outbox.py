@@ -501,7 +501,7 @@ async def test_a_group_row_goes_out_event_by_event_and_resumes_where_the_broker_
         await bus.close()
 
 
-async def test_a_round_takes_rows_within_the_event_budget_and_a_larger_group_alone(env):
+async def test_a_round_takes_at_most_the_event_budget_and_the_next_resumes_a_group_it_cut(env):
     sampling = await env.db("sampling")
     groups = await stage_groups(sampling, [4, 3, 1, 10, 1])
     bus = FlakyBus()
@@ -509,8 +509,13 @@ async def test_a_round_takes_rows_within_the_event_budget_and_a_larger_group_alo
     relay = OutboxRelay(sampling.sessions, sampling.outbox, bus, service="sampling", event_budget=5)
     try:
         assert await relay.backlog() == 19
-        assert [await relay.publish_pending() for _ in range(5)] == [4, 4, 10, 1, 0]
-        assert [str(i) for i in bus.published] == [i for g in groups for i in g]
+        assert await relay.publish_pending() == 5  # the group of 4, one of the group of 3
+        assert [(r["sent"], r["published_at"] is not None) for r in await sampling.outbox_rows()] == [
+            (4, True), (1, False), (0, False), (0, False), (0, False)]
+        assert await relay.backlog() == 14
+        assert [await relay.publish_pending() for _ in range(4)] == [5, 5, 4, 0]
+        assert [str(i) for i in bus.published] == [i for g in groups for i in g]  # in order, each once
+        assert all(r["published_at"] is not None and r["attempts"] == 0 for r in await sampling.outbox_rows())
     finally:
         await bus.close()
 
