@@ -28,12 +28,12 @@ import orjson
 from pydantic import TypeAdapter
 from sqlalchemy import Table, bindparam, case, func, select, text, update
 from sqlalchemy import event as sa_event
-from sqlalchemy.orm import Session
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session
 
 from shared.bus import EventBus
 from shared.db import UTCDateTime, insert_for, utcnow
-from shared.events import EventData, Envelope, make_event
+from shared.events import Envelope, EventData, make_event
 from shared.observability import EVENTS_PUBLISHED, reset_correlation_id, set_correlation_id
 
 log = logging.getLogger("sipas.outbox")

@@ -28,10 +28,10 @@ from services.survey.models import form, form_history, sample_draw, wave, wave_c
 from shared.contracts.sampling import SampledUnit
 from shared.contracts.survey import FormStatusChanged, ReplacementRequested
 from shared.db import insert_for, new_id_strings, utcnow
+from shared.errors import InvalidState, NotFound
 from shared.events import SPEC_VERSION, EventData
 from shared.observability import current_correlation_id
 from shared.outbox import add_envelopes
-from shared.errors import InvalidState, NotFound
 
 T = TypeVar("T")
 

@@ -14,7 +14,6 @@ transaction, so the second push waits on its key and then replays the first one'
 from __future__ import annotations
 
 import functools
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,7 +22,8 @@ from sqlalchemy import String, any_, bindparam, select, text, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.survey import corrections as C, forms as F
+from services.survey import corrections as C
+from services.survey import forms as F
 from services.survey.models import form, response, vnpost_batch
 from services.survey.versions import methodology
 from shared.auth import Principal
