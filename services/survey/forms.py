@@ -127,11 +127,11 @@ async def stage_events(session: AsyncSession, outbox: Table, events: Sequence[Ev
 # A 5,000-form batch writes 5,000 responses, form updates and history rows (and one outbox row
 # holding its 10,000 events, ``stage_events``). An executemany is one statement execution per
 # row on the server plus SQLAlchemy's per-row bind processing in Python, and array parameters
-# (``unnest``) cost asyncpg a type check per element. So on PostgreSQL each of these writes is one statement whose rows arrive as one
-# JSON document (``json_to_recordset``), encoded by orjson in one call (a quarter of
-# pydantic-core's ``to_json`` time on these rows): a single execution and round trip, and next
-# to no Python per row. JSON text cannot carry NUL, which the API refuses anyway. SQLite keeps the executemany (in-process,
-# no round trips to save).
+# (``unnest``) cost asyncpg a type check per element. So on PostgreSQL each of these writes is
+# one statement whose rows arrive as one JSON document (``json_to_recordset``), encoded by
+# orjson in one call (a quarter of pydantic-core's ``to_json`` time on these rows): a single
+# execution and round trip, and next to no Python per row. JSON text cannot carry NUL, which the
+# API refuses anyway. SQLite keeps the executemany (in-process, no round trips to save).
 
 
 async def overlapped(session: AsyncSession, statement: Any, params: Any, work: Callable[[], T]) -> T:
