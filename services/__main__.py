@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import uvicorn
 
@@ -101,6 +102,10 @@ def _serve(name: str) -> None:
     uvicorn.run(app, host=settings.host, port=settings.port, log_config=None)
 
 
+# How long the five services of `services stack` get to stop after SIGTERM before they are killed.
+STOP_SECONDS_ENV = "SIPAS_STACK_STOP_SECONDS"
+
+
 def _stack(platform: PlatformSettings) -> int:
     """Five processes, as production runs them; Ctrl-C stops all."""
     asyncio.run(_migrate(platform, list(SERVICES)))
@@ -119,8 +124,17 @@ def _stack(platform: PlatformSettings) -> int:
         for p in procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
-        for p in procs:
-            p.wait(timeout=30)
+        # A service that has not stopped in time is killed, never left running without its
+        # parent (an orphan kept working on a benchmark's dropped schemas).
+        grace = float(os.environ.get(STOP_SECONDS_ENV, "30"))
+        deadline = time.monotonic() + grace
+        for name, p in zip(SERVICES, procs):
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                print(f"  {name} did not stop within {grace:g} s of SIGTERM: killed", file=sys.stderr)
+                p.kill()
+                p.wait()
 
 
 def main(argv: list[str] | None = None) -> int:

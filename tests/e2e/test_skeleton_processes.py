@@ -8,6 +8,7 @@ created over HTTP in sampling becomes visible through the four other services' A
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import httpx
@@ -54,3 +55,37 @@ def test_wave_event_crosses_all_five_services(tmp_path, mode):
             platform = PlatformSettings(schema_prefix=f"t{uid}_", exchange=f"sipas.test.{uid}", queue_prefix=f"test.{uid}")
             asyncio.run(drop_backend(platform, all_queues(platform)))
     assert all(c == 0 for c in codes), f"unclean stop {codes}\n{stack.logs()}"
+
+
+@pytest.mark.services
+def test_stack_kills_a_service_that_does_not_stop_and_leaves_no_process_behind(tmp_path):
+    """``services stack`` stopped while one of its services cannot answer SIGTERM (frozen): after
+    the grace period it kills that one too, so no service outlives the stack."""
+    import os
+    import signal
+    import subprocess
+
+    env, urls, uid = stack_env(tmp_path, database_url=DATABASE_URL, bus_url=BUS_URL)
+    env["SIPAS_STACK_STOP_SECONDS"] = "3"
+    stack = StackProcess(env, urls, log_dir=tmp_path)
+    children: list[int] = []
+    try:
+        stack.start("separate")
+        parent = stack.procs[0].pid
+        children = [int(p) for p in subprocess.run(["pgrep", "-P", str(parent)], capture_output=True, text=True).stdout.split()]
+        assert len(children) == len(SERVICES), children
+        os.kill(children[-1], signal.SIGSTOP)  # frozen: it cannot handle SIGTERM
+        started = time.monotonic()
+        codes = stack.stop()
+        assert time.monotonic() - started < 30, "the stack waited far past its grace period"
+        assert codes == [0], f"{codes}\n{stack.logs()}"
+        alive = [pid for pid in children if os.path.exists(f"/proc/{pid}") and
+                 open(f"/proc/{pid}/stat").read().split()[2] != "Z"]
+        assert alive == [], f"services left running: {alive}"
+        assert "did not stop within 3 s of SIGTERM: killed" in stack.logs(tail=None)
+    finally:
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        platform = PlatformSettings(schema_prefix=f"t{uid}_", exchange=f"sipas.test.{uid}", queue_prefix=f"test.{uid}")
+        asyncio.run(drop_backend(platform, all_queues(platform)))

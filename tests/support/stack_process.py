@@ -132,7 +132,9 @@ class StackProcess:
             f"--- {p.name}\n{p.read_text(errors='replace')[-tail if tail else 0:]}" for p in sorted(self.log_dir.glob("*.log"))
         )
 
-    def stop(self, timeout: float = 30) -> list[int]:
+    def stop(self, timeout: float = 45) -> list[int]:
+        """SIGINT, then SIGKILL after ``timeout``: longer than ``services stack`` takes to stop its
+        five services (30 s, then it kills them), so it is not killed itself with children left."""
         for p in self.procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGINT)
