@@ -102,10 +102,6 @@ def _serve(name: str) -> None:
     uvicorn.run(app, host=settings.host, port=settings.port, log_config=None)
 
 
-# How long the five services of `services stack` get to stop after SIGTERM before they are killed.
-STOP_SECONDS_ENV = "SIPAS_STACK_STOP_SECONDS"
-
-
 def _stack(platform: PlatformSettings) -> int:
     """Five processes, as production runs them; Ctrl-C stops all."""
     asyncio.run(_migrate(platform, list(SERVICES)))
@@ -126,7 +122,7 @@ def _stack(platform: PlatformSettings) -> int:
                 p.send_signal(signal.SIGTERM)
         # A service that has not stopped in time is killed, never left running without its
         # parent (an orphan kept working on a benchmark's dropped schemas).
-        grace = float(os.environ.get(STOP_SECONDS_ENV, "30"))
+        grace = platform.stack_stop_seconds
         deadline = time.monotonic() + grace
         for name, p in zip(SERVICES, procs):
             try:

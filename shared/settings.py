@@ -43,6 +43,9 @@ class PlatformSettings(BaseSettings):
     outbox_poll_seconds: float = 0.5
     # Published outbox rows older than this are deleted by the relay (0 keeps them forever).
     outbox_retention_days: float = 7.0
+    # `python -m services stack` only: seconds its five services get to stop after SIGTERM
+    # before it kills them (none may outlive it).
+    stack_stop_seconds: float = 30.0
     consumer_prefetch: int = 32
     consumer_max_attempts: int = 5
     consumer_retry_base_seconds: float = 0.2
