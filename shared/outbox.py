@@ -49,16 +49,7 @@ def _inbox_insert(dialect: str, inbox: Table):
 async def add_event(session: AsyncSession, outbox: Table, data: EventData) -> Envelope:
     """Stage an event in the caller's transaction; it is published only if that commits."""
     envelope = make_event(data)
-    await session.execute(
-        outbox.insert(),  # parameters, not .values(): compiled once, not built per event
-        {
-            "event_id": str(envelope.id),
-            "type": envelope.type,
-            "envelope": envelope.model_dump(mode="json"),
-            "created_at": utcnow(),
-        },
-    )
-    _wake_relay_after_commit(session)
+    await add_envelopes(session, outbox, [envelope.model_dump(mode="json")])
     return envelope
 
 

@@ -391,6 +391,19 @@ class FlakyBus(InMemoryBus):
         return taken, ConnectionError("broker unavailable (test)") if taken < len(events) else None
 
 
+async def recording_bus(queue: str) -> tuple[FlakyBus, list[str]]:
+    """A started FlakyBus with one consumer that records the ids it handles, in order."""
+    bus = FlakyBus()
+    await bus.start()
+    received: list[str] = []
+
+    async def record(e: Envelope) -> None:
+        received.append(str(e.id))
+
+    await bus.subscribe(Subscription(queue, ["sipas.#"], record))
+    return bus, received
+
+
 async def stage_waves(db: ServiceDB, codes: list[str]) -> list[str]:
     """Create waves, one transaction each; return their outbox event ids in commit order."""
     for code in codes:
@@ -402,14 +415,7 @@ async def stage_waves(db: ServiceDB, codes: list[str]) -> list[str]:
 async def test_the_relay_publishes_in_order_and_a_failure_holds_back_later_rows(env):
     sampling = await env.db("sampling")
     ids = await stage_waves(sampling, [f"ORDER-{i}" for i in range(8)])
-    bus = FlakyBus()
-    await bus.start()
-    received: list = []
-
-    async def record(e: Envelope) -> None:
-        received.append(str(e.id))
-
-    await bus.subscribe(Subscription("order", ["sipas.#"], record))
+    bus, received = await recording_bus("order")
     relay = OutboxRelay(sampling.sessions, sampling.outbox, bus, service="sampling", poll_seconds=0.05)
     try:
         bus.refuse = {uuid.UUID(ids[3])}
@@ -470,14 +476,7 @@ async def test_a_group_row_goes_out_event_by_event_and_resumes_where_the_broker_
     rows = await sampling.outbox_rows()
     assert [r["size"] for r in rows] == [1, 7, 1]
     assert [r["event_id"] for r in rows] == [g[0] for g in groups]
-    bus = FlakyBus()
-    await bus.start()
-    received: list = []
-
-    async def record(e: Envelope) -> None:
-        received.append(str(e.id))
-
-    await bus.subscribe(Subscription("groups", ["sipas.#"], record))
+    bus, received = await recording_bus("groups")
     relay = OutboxRelay(sampling.sessions, sampling.outbox, bus, service="sampling")
     try:
         assert await relay.backlog() == 9  # events, not rows
