@@ -17,8 +17,9 @@ import functools
 from collections.abc import Sequence
 from typing import Any
 
+import orjson
 from fastapi import FastAPI
-from sqlalchemy import String, any_, bindparam, select, text, update
+from sqlalchemy import String, any_, bindparam, select, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -241,14 +242,18 @@ async def record_responses(
             "submitted_at": rec.get("submitted_at") or now, "source": source, "revision": 1,
         })
     if F.is_pg(session):
-        for r in rows:  # what the UTCDateTime column refuses on the executemany path
+        for r in rows:  # what the UTCDateTime column refuses
             if (r["started_at"] is not None and r["started_at"].tzinfo is None) or r["submitted_at"].tzinfo is None:
                 raise ValueError("naive datetime given to a UTC column")
-        insert, params = _PG_RESPONSES, {"rows": F.json_rows(rows)}
+        dumps = orjson.dumps
+        write = F.copy_records(session, "response", _RESPONSE_COLUMNS, [
+            (r["id"], r["form_id"], r["wave_id"], r["channel"], dumps(r["answers"]).decode(), r["content_hash"],
+             r["enumerator_id"], r["started_at"], r["duration_seconds"], r["submitted_at"], r["source"], r["revision"])
+            for r in rows])
     else:
-        insert, params = response.insert(), rows
+        write = session.execute(response.insert(), rows)
     # The events are built while the database stores the rows.
-    events = await F.overlapped(session, insert, params, lambda: _submitted_events(method, wave_row, accepted, rows, channel))
+    events = await F.overlapped(write, lambda: _submitted_events(method, wave_row, accepted, rows, channel))
     moves = [F.Move(form_row, "collected", None, None, rec.get("enumerator_id")) for form_row, rec, _ in accepted]
     await F.apply_moves(session, tables, wave_row["id"], moves, actor=actor, then=events)
     return ids
@@ -273,17 +278,9 @@ def _submitted_events(method: Methodology, wave_row: dict, accepted: Sequence[tu
     return events
 
 
-_RESPONSE_COLUMNS = {
-    "id": "text", "form_id": "text", "wave_id": "text", "channel": "text", "answers": "jsonb", "content_hash": "text",
-    "enumerator_id": "text", "started_at": "timestamptz", "duration_seconds": "float8", "submitted_at": "timestamptz",
-    "source": "text", "revision": "integer",
-}
-# One INSERT whose rows arrive as one JSON document on PostgreSQL (see forms.py, bulk writes).
-_PG_RESPONSES = text(
-    f"INSERT INTO response ({', '.join(_RESPONSE_COLUMNS)}) SELECT {', '.join('r.' + c for c in _RESPONSE_COLUMNS)} "
-    "FROM json_to_recordset(CAST(:rows AS json)) AS r("
-    + ", ".join(f"{c} {t}" for c, t in _RESPONSE_COLUMNS.items()) + ")"
-)
+# The response columns in the order of the COPY's records (see record_responses).
+_RESPONSE_COLUMNS = ("id", "form_id", "wave_id", "channel", "answers", "content_hash", "enumerator_id", "started_at",
+                     "duration_seconds", "submitted_at", "source", "revision")
 
 
 async def pull(session: AsyncSession, wave_id: str, since: int, limit: int) -> dict[str, Any]:
