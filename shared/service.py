@@ -20,11 +20,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from random import getrandbits
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ValidationError
 from sqlalchemy import MetaData, Table, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -198,6 +200,7 @@ def build_app(spec: ServiceSpec, settings: ServiceSettings, *, bus: EventBus | N
     app.include_router(_ops_router(spec))
     for router in spec.routers:
         app.include_router(router)
+    _document_json_bodies(app)
     return app
 
 
@@ -329,3 +332,62 @@ def unit_of_work(request: Request):
 def read_session(request: Request) -> AsyncSession:
     """A session for reads (no transaction block needed)."""
     return request.app.state.sessions()
+
+
+# ---------------------------------------------------------------- bodies read by the operation
+
+M = TypeVar("M", bound=BaseModel)
+# Validation context for ``read_json_body``'s models: True when the raw body holds no ``\u0000``
+# escape, the only way a NUL can reach a string of a JSON document (a raw control character is
+# invalid JSON). Validators that look for NUL in every nested string may skip the walk then.
+NUL_FREE = "nul_free"
+_JSON_BODIES: dict[str, type[BaseModel]] = {}
+_SCHEMA_REF = "#/components/schemas/{model}"
+
+
+def json_body(model: type[BaseModel]) -> dict:
+    """``openapi_extra`` of an operation that reads its body with ``read_json_body``: the body is
+    documented as ``model``, as FastAPI documents a declared body parameter (``build_app`` puts
+    the model's schema in the components)."""
+    _JSON_BODIES[model.__name__] = model
+    ref = _SCHEMA_REF.format(model=model.__name__)
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": ref}}}}}
+
+
+async def read_json_body(request: Request, model: type[M]) -> M:
+    """Parse and validate a JSON body in one pass of pydantic-core (``model_validate_json``),
+    for the few operations whose bodies run to megabytes (a 5,000-form Vietnam Post batch is
+    4 MB). A declared body parameter is parsed by ``json.loads`` into Python objects that are
+    then validated: twice the time, and a Vietnam Post batch's parse was a sixth of its push.
+    Errors are FastAPI's own (``RequestValidationError``, locations under ``body``), so the
+    client sees the same 422 problem either way."""
+    raw = await request.body()
+    try:
+        return model.model_validate_json(raw, context={NUL_FREE: b"\\u0000" not in raw})
+    except ValidationError as exc:
+        errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
+        raise RequestValidationError(errors, body=raw) from None
+
+
+def _document_json_bodies(app: FastAPI) -> None:
+    """Add the schemas of the bodies named by ``json_body`` to the OpenAPI components."""
+    build = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            doc = build()
+            schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+            for operations in doc.get("paths", {}).values():
+                for operation in operations.values():
+                    content = (operation.get("requestBody") or {}).get("content", {})
+                    ref = content.get("application/json", {}).get("schema", {}).get("$ref", "")
+                    model = _JSON_BODIES.get(ref.rpartition("/")[2])
+                    if model is not None and model.__name__ not in schemas:
+                        schema = model.model_json_schema(ref_template=_SCHEMA_REF)
+                        for name, definition in schema.pop("$defs", {}).items():
+                            schemas.setdefault(name, definition)
+                        schemas[model.__name__] = schema
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    app.openapi = openapi

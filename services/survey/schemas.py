@@ -5,10 +5,11 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo
 
 from shared.contracts.sampling import ReplacementReason
 from shared.contracts.survey import FormStatus
+from shared.service import NUL_FREE
 
 NO_NUL = r"^[^\x00]+$"  # PostgreSQL refuses NUL in text: a 422 here, never a 500 there
 
@@ -54,13 +55,21 @@ def _no_nul(value: Any) -> Any:
     return value
 
 
+def _no_nul_in_answers(value: Any, info: ValidationInfo) -> Any:
+    """``_no_nul``, skipped when the raw body is known to hold no NUL (``shared.service.read_json_body``
+    looks for the escape in the bytes: a few milliseconds against 30 for walking a batch)."""
+    if info.context and info.context.get(NUL_FREE):
+        return value
+    return _no_nul(value)
+
+
 FormCode = Annotated[str, StringConstraints(min_length=1, max_length=24, pattern=NO_NUL)]
 StaffCode = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,39}$")]
 WaveId = Annotated[str, StringConstraints(min_length=1, max_length=36, pattern=NO_NUL)]
 BatchId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")]
 Reason = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=NO_NUL)]
 # Answers keyed by question code; the wave's methodology decides what is valid.
-Answers = Annotated[dict[Annotated[str, StringConstraints(max_length=100)], Any], Field(max_length=500), AfterValidator(_no_nul)]
+Answers = Annotated[dict[Annotated[str, StringConstraints(max_length=100)], Any], Field(max_length=500), AfterValidator(_no_nul_in_answers)]
 
 
 class _In(BaseModel):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import uuid
 
 from sqlalchemy import func, select
@@ -205,7 +206,23 @@ async def test_bad_batches_are_clear_errors(stack, clients, monkeypatch):
     monkeypatch.undo()
     r = await clients.survey.post("/v1/vnpost/answer-batches", content=b'{"batch_id": "x", ', headers={
         **vnpost, "content-type": "application/json"})
-    assert r.status_code == 422
+    assert r.status_code == 422 and r.json()["errors"][0]["loc"][0] == "body"
+    # NUL in any string of an answer (value, key, inside a list) is refused before it reaches
+    # PostgreSQL, which cannot store it; the same text with the backslash escaped is no NUL.
+    for answers in ({**full_answers(), "gender": "nam\u0000"}, {**full_answers(), "ge\u0000nder": "male"},
+                    {**full_answers(), "expectation": ["information", "\u0000"]}):
+        body = {"batch_id": "nul", "wave_id": str(wave_id), "records": [{"form_code": code, "answers": answers}]}
+        r = await clients.survey.post("/v1/vnpost/answer-batches", content=json.dumps(body).encode(), headers={
+            **vnpost, "content-type": "application/json"})
+        assert r.status_code == 422, r.text
+        assert r.json()["errors"][0]["loc"][:4] == ["body", "records", 0, "answers"]
+    escaped = {"batch_id": "nul", "wave_id": str(wave_id), "records": [{"form_code": code, "answers": {
+        **full_answers(), "gender": "\\u0000"}}]}
+    r = await clients.survey.post("/v1/vnpost/answer-batches", json=escaped, headers=vnpost)
+    assert r.status_code == 200 and r.json()["records"][0]["outcome"] == "rejected", r.text
+    r = await clients.survey.post("/v1/vnpost/answer-batches", json={"batch_id": "x", "wave_id": str(wave_id),
+                                                                    "records": {"form_code": code}}, headers=vnpost)
+    assert r.status_code == 422 and r.json()["errors"][0]["loc"] == ["body", "records"]
     naive = {**record, "started_at": "2026-08-06T09:00:00"}  # a time without its offset: whose clock?
     r = await clients.survey.post("/v1/vnpost/answer-batches", json={"batch_id": "x", "wave_id": str(wave_id),
                                                                     "records": [naive]}, headers=vnpost)
@@ -217,7 +234,7 @@ async def test_bad_batches_are_clear_errors(stack, clients, monkeypatch):
     r = await clients.survey.post("/v1/vnpost/answer-batches", json={"batch_id": "x", "wave_id": str(wave_id),
                                                                     "records": [record]}, headers=province)
     assert r.status_code == 403
-    # None of it left a trace: the batch id is still free.
+    # None of it left a trace: the batch ids are still free.
     r = await clients.survey.post("/v1/vnpost/answer-batches", json={"batch_id": "big", "wave_id": str(wave_id),
                                                                     "records": [record]}, headers=vnpost)
     assert r.status_code == 200 and r.json()["replayed"] is False
