@@ -31,9 +31,10 @@ from shared.db import insert_for, new_id_strings, utcnow
 from shared.errors import InvalidState, NotFound
 from shared.events import SPEC_VERSION, EventData
 from shared.observability import current_correlation_id
-from shared.outbox import add_envelopes
+from shared.outbox import add_envelopes, add_group, group_values
 
 T = TypeVar("T")
+W = TypeVar("W")
 
 STATUSES = ("assigned", "dispatched", "collected", "refused", "unreachable", "ineligible", "replaced")
 # assigned → dispatched → collected | refused | unreachable | ineligible, then replaced. A form
@@ -102,12 +103,17 @@ def _iso(value: dt.datetime | None) -> str | None:
 async def stage_events(session: AsyncSession, outbox: Table, events: Sequence[EventData | Payload]) -> None:
     """``shared.outbox.add_event`` for many events: one outbox row holding them as a group
     (``shared.outbox.add_envelopes``), published in this order, each with its own id."""
+    await add_envelopes(session, outbox, envelopes(events))
+
+
+def envelopes(events: Sequence[EventData | Payload]) -> list[dict]:
+    """The events as envelope dicts, ready for ``shared.outbox``."""
     if not events:
-        return
+        return []
     time = _iso(utcnow())
     cid = current_correlation_id()
     checked: set[type[EventData]] = set()
-    envelopes = []
+    out = []
     for event, event_id in zip(events, new_id_strings(len(events))):
         if isinstance(event, Payload):
             cls, data, subject = event.contract, event.data, event.subject
@@ -116,11 +122,11 @@ async def stage_events(session: AsyncSession, outbox: Table, events: Sequence[Ev
                 checked.add(cls)
         else:
             cls, data, subject = type(event), event.model_dump(mode="json"), event.subject()
-        envelopes.append({
+        out.append({
             "specversion": SPEC_VERSION, "id": event_id, "type": cls.event_type, "source": f"/sipas/{cls.producer}",
             "time": time, "subject": subject, "correlation_id": cid, "datacontenttype": "application/json", "data": data,
         })
-    await add_envelopes(session, outbox, envelopes)
+    return out
 
 
 # ---------------------------------------------------------------------- bulk writes on PostgreSQL
@@ -134,10 +140,9 @@ async def stage_events(session: AsyncSession, outbox: Table, events: Sequence[Ev
 # API refuses anyway. SQLite keeps the executemany (in-process, no round trips to save).
 
 
-async def overlapped(write: Awaitable[Any], work: Callable[[], T]) -> T:
-    """Run ``write`` (a statement or a COPY on the session's connection) and meanwhile ``work``
-    (plain Python that does not touch the session); return what ``work`` returned once both are
-    done.
+async def overlapped(write: Awaitable[W], work: Callable[[], T]) -> tuple[W, T]:
+    """Run ``write`` (a statement on the session) and meanwhile ``work`` (plain Python that does
+    not touch the session); return what both returned once both are done.
 
     A request's Python and the database's work on its statements otherwise take turns, one of
     the two cores idle each time. The write is started as a task and given one turn of the loop
@@ -151,8 +156,7 @@ async def overlapped(write: Awaitable[Any], work: Callable[[], T]) -> T:
     except BaseException:
         await asyncio.gather(task, return_exceptions=True)  # the session must be idle again
         raise
-    await task
-    return result
+    return await task, result
 
 
 async def copy_records(session: AsyncSession, table: str, columns: Sequence[str], records: list[tuple]) -> None:
@@ -566,7 +570,7 @@ async def apply_moves(
         params = [{"_id": m.row["id"], "_status": m.status, "_seq": m.row["change_seq"], "_now": now,
                    "_enum": m.row["enumerator_id"]} for m in moves]
 
-    def history_and_events() -> tuple[list[dict], list]:
+    def history_and_events() -> tuple[list[dict], dict]:
         hist = [] if pg else [{"form_id": m.row["id"], "from_status": before, "to_status": m.status, "actor": actor,
                                "reason": m.reason, "at": now} for m, before in zip(moves, befores)]
         events: list[EventData | Payload] = []
@@ -576,12 +580,13 @@ async def apply_moves(
                 reason = m.replacement_reason or ("ineligible" if m.status == "ineligible" else m.status)
                 events.append(ReplacementRequested(wave_id=wave_id, form_code=m.row["form_code"], unit_id=m.row["unit_id"],
                                                    reason=reason))
-        return hist, events
+        return hist, group_values(envelopes([*events, *then]))
 
-    # History rows and events are built while the database updates the forms.
-    hist, events = await overlapped(session.execute(statement, params), history_and_events)
+    # History rows, events and their encoded outbox group are built while the database updates
+    # the forms (a 5,000-form push: ~0.1 s of Python beside ~0.15 s of server time).
+    _, (hist, group) = await overlapped(session.execute(statement, params), history_and_events)
     await insert_history(session, hist)
-    await stage_events(session, tables["outbox"], [*events, *then])
+    await add_group(session, tables["outbox"], group)
 
 
 async def change_status(

@@ -14,7 +14,7 @@ transaction, so the second push waits on its key and then replays the first one'
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import orjson
@@ -100,11 +100,15 @@ def _summary(batch_id: str, kind: str, wave_id: str, records: list[dict]) -> dic
     return {"batch_id": batch_id, "kind": kind, "wave_id": wave_id, "counts": counts, "records": records}
 
 
-async def _wave_forms(session: AsyncSession, wave_id: str, codes: Sequence[str]) -> tuple[dict, dict[str, dict]]:
+async def _open_wave(session: AsyncSession, wave_id: str) -> dict:
     wave_row = await F.get_wave(session, wave_id)
     if wave_row["status"] == "closed":
         raise InvalidState(f"Wave {wave_row['code']} is closed; it takes no more statuses or answers.")
-    return wave_row, await F.forms_by_code(session, codes)
+    return wave_row
+
+
+async def _wave_forms(session: AsyncSession, wave_id: str, codes: Sequence[str]) -> tuple[dict, dict[str, dict]]:
+    return await _open_wave(session, wave_id), await F.forms_by_code(session, codes)
 
 
 def _lookup(rows: dict[str, dict], wave_id: str, code: str, seen: set[str]) -> tuple[dict | None, dict | None]:
@@ -175,12 +179,16 @@ async def push_answers(
     if stored is not None:
         return stored, True
     await F.lock_wave(session, wave_id)  # wave before forms, like every writer (forms.lock_form)
-    wave_row, rows = await _wave_forms(session, wave_id, [r["form_code"] for r in records])
+    wave_row = await _open_wave(session, wave_id)
     method = await methodology(app, session, wave_row["methodology_version"])
+    # Every record's answers are checked while the database looks the forms up (the checks need
+    # no form; a record rejected for another reason just does not use its result).
+    rows, problems = await F.overlapped(F.forms_by_code(session, [r["form_code"] for r in records]),
+                                        lambda: [method.validate_answers(r["answers"]) for r in records])
     existing = await _answered(session, [r["id"] for r in rows.values()])
     open_corr = await C.open_corrections(session, list(existing))
     results, accepted, corrected, seen = [], [], [], set()
-    for rec in records:
+    for rec, problems_of_rec in zip(records, problems):
         row, rejected = _lookup(rows, wave_id, rec["form_code"], seen)
         if rejected:
             results.append(rejected)
@@ -191,7 +199,7 @@ async def push_answers(
         digest = rec.get("answers_hash") or F.content_hash(rec["answers"])
         if row["id"] in open_corr:
             # Sent back by verification: these answers become the next revision.
-            problems = method.validate_answers(rec["answers"])
+            problems = problems_of_rec
             if problems:
                 results.append(record_result(row["form_code"], "rejected", row["status"], [p.model_dump() for p in problems]))
             else:
@@ -203,7 +211,7 @@ async def push_answers(
             errs = [] if outcome == "unchanged" else [error("conflict", "the form was accepted with different answers")]
             results.append(record_result(row["form_code"], outcome, row["status"], errs))
             continue
-        problems = method.validate_answers(rec["answers"])
+        problems = problems_of_rec
         if problems:
             results.append(record_result(row["form_code"], "rejected", row["status"], [p.model_dump() for p in problems]))
             continue
@@ -241,41 +249,52 @@ async def record_responses(
             "started_at": rec.get("started_at"), "duration_seconds": rec.get("duration_seconds"),
             "submitted_at": rec.get("submitted_at") or now, "source": source, "revision": 1,
         })
+    submitted = _submitted_event(method, wave_row, channel)
     if F.is_pg(session):
         for r in rows:  # what the UTCDateTime column refuses
             if (r["started_at"] is not None and r["started_at"].tzinfo is None) or r["submitted_at"].tzinfo is None:
                 raise ValueError("naive datetime given to a UTC column")
+        events: list[F.Payload] = []
         dumps = orjson.dumps
-        write = F.copy_records(session, "response", _RESPONSE_COLUMNS, [
-            (r["id"], r["form_id"], r["wave_id"], r["channel"], dumps(r["answers"]).decode(), r["content_hash"],
-             r["enumerator_id"], r["started_at"], r["duration_seconds"], r["submitted_at"], r["source"], r["revision"])
-            for r in rows])
+
+        def records() -> Iterator[tuple]:
+            # Each row's event is built as asyncpg takes the row: it sends the COPY data in
+            # 512 KB messages as it goes, so PostgreSQL stores the first rows while Python
+            # builds the next ones.
+            for (form_row, rec, _), r in zip(accepted, rows):
+                events.append(submitted(form_row, rec, r))
+                yield (r["id"], r["form_id"], r["wave_id"], r["channel"], dumps(r["answers"]).decode(), r["content_hash"],
+                       r["enumerator_id"], r["started_at"], r["duration_seconds"], r["submitted_at"], r["source"], r["revision"])
+
+        await F.copy_records(session, "response", _RESPONSE_COLUMNS, records())
     else:
-        write = session.execute(response.insert(), rows)
-    # The events are built while the database stores the rows.
-    events = await F.overlapped(write, lambda: _submitted_events(method, wave_row, accepted, rows, channel))
+        # The events are built while SQLite stores the rows (in aiosqlite's thread).
+        _, events = await F.overlapped(session.execute(response.insert(), rows), lambda: [
+            submitted(form_row, rec, r) for (form_row, rec, _), r in zip(accepted, rows)])
     moves = [F.Move(form_row, "collected", None, None, rec.get("enumerator_id")) for form_row, rec, _ in accepted]
     await F.apply_moves(session, tables, wave_row["id"], moves, actor=actor, then=events)
     return ids
 
 
-def _submitted_events(method: Methodology, wave_row: dict, accepted: Sequence[tuple[dict, dict, str]], rows: list[dict],
-                      channel: str) -> list[F.Payload]:
-    """``response.submitted`` of each stored response, without the sensitive profile answers."""
+def _submitted_event(method: Methodology, wave_row: dict, channel: str) -> Callable[[dict, dict, dict], F.Payload]:
+    """The ``response.submitted`` of a stored response (form row, pushed record, response row),
+    without the sensitive profile answers."""
     sensitive = set(method.sensitive_questions())
     iso = functools.lru_cache(maxsize=64)(F._iso)  # a batch's rows mostly share one submitted_at
-    events = []
-    for (form_row, rec, _), row in zip(accepted, rows):
-        events.append(F.Payload(ResponseSubmitted, {
+    version = wave_row["methodology_version"]
+
+    def event(form_row: dict, rec: dict, row: dict) -> F.Payload:
+        return F.Payload(ResponseSubmitted, {
             "wave_id": form_row["wave_id"], "form_code": form_row["form_code"], "unit_id": form_row["unit_id"],
             "response_id": row["id"], "revision": 1, "stratum": form_row["stratum"], "province_code": form_row["province_code"],
             "commune_code": form_row["commune_code"], "channel": channel, "enumerator_id": row["enumerator_id"],
-            "methodology_version": wave_row["methodology_version"],
+            "methodology_version": version,
             "answers": {k: v for k, v in rec["answers"].items() if k not in sensitive},
             "started_at": F._iso(rec.get("started_at")), "duration_seconds": rec.get("duration_seconds"),
             "submitted_at": iso(row["submitted_at"]),
-        }, form_row["form_code"]))
-    return events
+        }, form_row["form_code"])
+
+    return event
 
 
 # The response columns in the order of the COPY's records (see record_responses).

@@ -27,7 +27,7 @@ async def _count(session, form_id: str) -> int:
 async def test_work_runs_and_the_statement_takes_effect(stack):
     calls = []
     async with stack.apps["survey"].state.sessions() as session, session.begin():
-        out = await F.overlapped(session.execute(form_history.insert(), [_history("overlap-1")] * 3),
+        _, out = await F.overlapped(session.execute(form_history.insert(), [_history("overlap-1")] * 3),
                                  lambda: calls.append("work") or "built")
         assert out == "built" and calls == ["work"]
         assert await _count(session, "overlap-1") == 3
