@@ -69,7 +69,7 @@ def _json_dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, default=str)
 
 
-def _json_loads(value: str | bytes) -> Any:
+def json_loads(value: str | bytes) -> Any:
     """JSON columns are read with orjson, 1.6 times as fast as json on the outbox's 10,000-event
     groups, which the relay reads whole. What orjson refuses and json accepts (``NaN``, which
     ``_json_dumps`` may have written into SQLite) is read by json."""
@@ -90,7 +90,7 @@ def create_engine(url: str, *, schema: str | None = None, echo: bool = False) ->
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, echo=echo, json_serializer=_json_dumps, json_deserializer=_json_loads)
+        engine = create_async_engine(url, echo=echo, json_serializer=_json_dumps, json_deserializer=json_loads)
 
         @event.listens_for(engine.sync_engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -106,7 +106,7 @@ def create_engine(url: str, *, schema: str | None = None, echo: bool = False) ->
     if schema:
         connect_args["server_settings"] = {"search_path": schema}
     return create_async_engine(
-        url, echo=echo, json_serializer=_json_dumps, json_deserializer=_json_loads, connect_args=connect_args, pool_pre_ping=True
+        url, echo=echo, json_serializer=_json_dumps, json_deserializer=json_loads, connect_args=connect_args, pool_pre_ping=True
     )
 
 

@@ -117,8 +117,8 @@ async def event_ledger(schema_prefix: str) -> tuple[dict[str, int], dict[tuple[s
                 # Events, not rows: a row may hold a group of events (shared.outbox.add_envelopes).
                 for type_, n, pending in await conn.execute(text(
                         f"SELECT e->>'type', count(*), count(*) FILTER (WHERE o.published_at IS NULL) "
-                        f"FROM {schema}.outbox o, json_array_elements(CASE WHEN o.size > 1 THEN o.envelope "
-                        f"ELSE json_build_array(o.envelope) END) e GROUP BY 1")):
+                        f"FROM {schema}.outbox o, json_array_elements(CASE WHEN o.size > 1 THEN o.envelope::json "
+                        f"ELSE json_build_array(o.envelope::json) END) e GROUP BY 1")):
                     produced[type_] = produced.get(type_, 0) + n
                     unpublished += pending
                 for consumer, n in await conn.execute(text(f"SELECT consumer, count(*) FROM {schema}.inbox GROUP BY consumer")):

@@ -14,6 +14,7 @@ import uuid
 import pytest
 from sqlalchemy import select
 
+from shared.outbox import row_envelopes
 from tests.conftest import eventually
 from tests.indexing.helpers import (
     accepted,
@@ -56,7 +57,7 @@ async def _outbox(stack, type_: str) -> list[dict]:
     table = app.state.tables["outbox"]
     async with app.state.sessions() as session:
         rows = (await session.execute(select(table.c.envelope).where(table.c.type == type_))).scalars().all()
-    return list(rows)
+    return [envelope for body in rows for envelope in row_envelopes(body)]
 
 
 def _cell(cells, domain, domain_code, indicator, code, weighting="design"):

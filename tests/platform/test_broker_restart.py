@@ -26,6 +26,7 @@ from shared.bus import Subscription
 from shared.bus.rabbitmq import RabbitMQBus
 from shared.db import create_engine, session_factory, transaction
 from shared.events import Envelope
+from shared.outbox import row_envelopes
 from sqlalchemy import select
 from tests.conftest import drop_backend, eventually
 from tests.support.rabbit_node import RabbitNode
@@ -82,7 +83,7 @@ async def test_consumers_and_the_outbox_resume_after_a_broker_restart(rabbit_nod
             async def row(code: str) -> dict:
                 async with sessions() as s:
                     rows = (await s.execute(select(outbox).order_by(outbox.c.seq))).mappings().all()
-                return next(dict(r) for r in rows if r["envelope"]["data"]["code"] == code)
+                return next(dict(r) for r in rows if row_envelopes(r["envelope"])[0]["data"]["code"] == code)
 
             def codes() -> list[str]:
                 return [e.data["code"] for e in got]
@@ -132,3 +133,4 @@ async def test_consumers_and_the_outbox_resume_after_a_broker_restart(rabbit_nod
 
 async def _equals(awaitable, expected) -> bool:
     return (await awaitable) == expected
+

@@ -16,6 +16,7 @@ import textwrap
 import uuid
 from pathlib import Path
 
+import orjson
 import pytest
 from sqlalchemy import func, select
 
@@ -547,7 +548,7 @@ async def test_the_relay_claims_through_the_unpublished_index_however_many_rows_
     envelope = make_event(WaveCreated(wave_id=uuid.uuid4(), code="PLAN", name="Plan", scope="national",
                                       province_code=None, year=2026, methodology_version="sipas-2017",
                                       fieldwork_start=None, fieldwork_end=None, status="draft")).model_dump(mode="json")
-    rows = [{"event_id": str(uuid.uuid4()), "type": envelope["type"], "envelope": envelope, "created_at": now,
+    rows = [{"event_id": str(uuid.uuid4()), "type": envelope["type"], "envelope": orjson.dumps(envelope).decode(), "created_at": now,
              "published_at": now if i < 20_000 else None} for i in range(30_000)]
     async with transaction(sampling.sessions) as session:
         await session.execute(sampling.outbox.insert(), rows)
@@ -578,7 +579,7 @@ async def test_the_relay_deletes_published_rows_past_the_retention_and_nothing_e
                                       fieldwork_start=None, fieldwork_end=None, status="draft")).model_dump(mode="json")
 
     def row(published_at):
-        return {"event_id": str(uuid.uuid4()), "type": envelope["type"], "envelope": envelope,
+        return {"event_id": str(uuid.uuid4()), "type": envelope["type"], "envelope": orjson.dumps(envelope).decode(),
                 "created_at": now - dt.timedelta(days=30), "published_at": published_at}
 
     old = [row(now - dt.timedelta(days=8, minutes=i)) for i in range(25)]

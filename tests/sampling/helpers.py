@@ -12,6 +12,7 @@ SEED = 20260101
 COMMUNES = {"01": ["00004", "00008", "00025", "00070"], "79": ["26506", "26526", "26536"]}
 FIELDS = ["land", "business_registration", "civil_status"]
 LEVELS = ["commune", "province"]
+from shared.outbox import row_envelopes
 
 
 def wave_body(code: str = "SIPAS-2026", *, scope: str = "national", province: str | None = None,
@@ -97,7 +98,7 @@ async def sampling_events(stack, event_type: str, wave_id: str) -> list[dict]:
     outbox = app.state.tables["outbox"]
     async with app.state.sessions() as session:
         rows = await session.execute(select(outbox.c.envelope).where(outbox.c.type == event_type).order_by(outbox.c.seq))
-        return [r[0] for r in rows if r[0]["data"]["wave_id"] == wave_id]
+        return [e for (body,) in rows for e in row_envelopes(body) if e["data"]["wave_id"] == wave_id]
 
 
 async def all_units(clients, headers, wave_id: str, **params) -> list[dict]:

@@ -13,6 +13,7 @@ from shared.contracts.sampling import SampleDrawn, SampledUnit, StratumSummary, 
 from shared.contracts.survey import DataEntryCompared, FormStatusChanged, ResponseSubmitted
 from shared.events import Envelope, make_event
 from shared.methodology import fetch_methodology
+from shared.outbox import row_envelopes
 from tests.conftest import eventually
 
 METHODOLOGY = "sipas-2017"
@@ -183,9 +184,10 @@ async def decisions(stack, wave_id: str | None = None, form_code: str | None = N
     async with app.state.sessions() as session:
         rows = (await session.execute(select(outbox.c.type, outbox.c.envelope).order_by(outbox.c.seq))).all()
     out = []
-    for type_, envelope in rows:
+    for type_, body in rows:
         if ".response." not in type_:
             continue
+        [envelope] = row_envelopes(body)
         data = envelope["data"]
         if wave_id and data["wave_id"] != wave_id:
             continue
@@ -199,9 +201,10 @@ async def outbox_envelopes(stack, event_type: str) -> list[dict]:
     app = stack.apps["verification"]
     outbox = app.state.tables["outbox"]
     async with app.state.sessions() as session:
-        return list((await session.scalars(
+        bodies = (await session.scalars(
             select(outbox.c.envelope).where(outbox.c.type == event_type).order_by(outbox.c.seq)
-        )).all())
+        )).all()
+    return [envelope for body in bodies for envelope in row_envelopes(body)]
 
 
 def accepted_set(events: list[dict]) -> set[str]:
