@@ -31,6 +31,8 @@ from shared.events import Envelope
 from shared.observability import EVENTS_CONSUMED, EVENTS_DEAD_LETTERED
 
 log = logging.getLogger("sipas.bus.rabbitmq")
+# How long closing waits on each broker call (see RabbitMQBus.close).
+CLOSE_TIMEOUT = 5.0
 
 
 class RabbitMQBus(EventBus):
@@ -66,10 +68,13 @@ class RabbitMQBus(EventBus):
         )
 
     async def close(self) -> None:
+        """Stop consuming, let the workers finish, close the connection. Each broker call is
+        bounded (``CLOSE_TIMEOUT``): with the broker down, a robust channel's call waits for a
+        reconnection that may never come, and a service told to stop hung until it was killed."""
         for queue, tag in self._consumers:
             try:
-                await queue.cancel(tag)
-            except Exception:  # the channel may already be gone
+                await asyncio.wait_for(queue.cancel(tag), CLOSE_TIMEOUT)
+            except Exception:  # the channel may already be gone, or the broker with it
                 pass
         # Let the workers finish what was delivered (unacked messages would come back anyway).
         for local, task in self._workers:
@@ -81,7 +86,8 @@ class RabbitMQBus(EventBus):
         self._workers.clear()
         self._consumers.clear()
         if self._connection is not None:
-            await self._connection.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._connection.close(), CLOSE_TIMEOUT)
             self._connection = None
 
     async def publish(self, event: Envelope) -> None:

@@ -134,3 +134,20 @@ async def test_consumers_and_the_outbox_resume_after_a_broker_restart(rabbit_nod
 async def _equals(awaitable, expected) -> bool:
     return (await awaitable) == expected
 
+
+async def test_the_bus_closes_while_the_broker_is_down(rabbit_node, platform):
+    """A service told to stop while RabbitMQ is down must stop: closing waited for a reconnection
+    that never came (a consumer's cancel on the robust channel), so the process hung until killed."""
+    from shared.bus import rabbitmq
+
+    await asyncio.to_thread(rabbit_node.start)
+    bus = RabbitMQBus(rabbit_node.url, exchange=platform.exchange, max_attempts=3, retry_base_seconds=0.01)
+    await bus.start()
+
+    async def ignore(e: Envelope) -> None:
+        pass
+
+    await bus.subscribe(Subscription(f"{platform.queue_prefix}.test.closing", ["sipas.sampling.#"], ignore, service="test"))
+    await asyncio.to_thread(rabbit_node.stop)
+    await eventually(lambda: _equals(bus.healthy(), False))
+    await asyncio.wait_for(bus.close(), 3 * rabbitmq.CLOSE_TIMEOUT)
