@@ -4,6 +4,7 @@
     python -m bench.survey --quick         # 20,000 forms, 300 online answers: a smoke run
     python -m bench.survey --backend sqlite|postgresql|both   (default: both; PostgreSQL is skipped when unreachable)
     python -m bench.survey --pushers 2     # two Vietnam Post requests in flight at once (default one)
+    python -m bench.survey --forms 50000   # another number of pushed forms (A/B runs between two checkouts)
 
 1. **Vietnam Post answer batches**: completed forms pushed through the HTTP API
    (``POST /v1/vnpost/answer-batches``, 5,000 forms per request, in-process ASGI, one request at a
@@ -141,9 +142,10 @@ async def _run(backend: str, n_forms: int, n_online: int, pushers: int = 1) -> l
                     if len(per_batch) % 10 == 0:
                         print(f"  [{backend}] {len(per_batch)}/{len(bodies)} batches, last {per_batch[-1]:.2f} s", file=sys.stderr)
 
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             await asyncio.gather(*(pusher() for _ in range(pushers)))
             api_seconds = time.perf_counter() - start
+            cpu_per_batch = (time.process_time() - cpu_start) / len(bodies)  # this process: service, relay, client
             api_rate = n_forms / api_seconds
 
             # Baseline: the same response rows, bare bulk insert into a copy of the table, once the
@@ -183,10 +185,11 @@ async def _run(backend: str, n_forms: int, n_online: int, pushers: int = 1) -> l
                 baseline=bare_rate, baseline_name="bare bulk insert of the response rows",
                 target="≥ 0.35 of bare insert on PostgreSQL" if backend == "postgresql" else None,
                 note=(f"against a copy with the primary key only (before 2026-12-06): {api_rate / bare_rates[False]:.2f}; "
-                      f"batch of 5,000: median {statistics.median(per_batch):.2f} s, max {max(per_batch):.2f} s; "
+                      f"batch of 5,000: median {statistics.median(per_batch):.2f} s, max {max(per_batch):.2f} s, "
+                      f"{cpu_per_batch:.2f} s of this process's CPU; "
                       f"first quarter of the batches median {statistics.median(per_batch[:max(1, len(per_batch) // 4)]):.2f} s, "
                       f"last quarter {statistics.median(per_batch[-max(1, len(per_batch) // 4):]):.2f} s"),
-                extra={"batches": len(bodies), "seconds": api_seconds, "outbox_backlog_after_push": backlog_after_push,
+                extra={"batches": len(bodies), "seconds": api_seconds, "cpu_seconds_per_batch": cpu_per_batch, "outbox_backlog_after_push": backlog_after_push,
                        "relay_catch_up_seconds": catch_up if not backlog_left else None,
                        "outbox_backlog_before_baseline": backlog_left}))
 
@@ -244,10 +247,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backend", choices=["sqlite", "postgresql", "both"], default="both")
     p.add_argument("--pushers", type=int, default=1,
                    help="Vietnam Post requests in flight at once (default 1: one batch after another)")
+    p.add_argument("--forms", type=int, default=None, help="forms pushed (default 200,000; --quick 20,000)")
     args = p.parse_args(argv)
     # 1,000 online answers give a p99 from ten slowest requests, enough for the figure, and keep
     # the full run (both backends) within about 15 minutes on a busy machine.
     n_forms, n_online = (20_000, 300) if args.quick else (200_000, 1_000)
+    n_forms = args.forms or n_forms
     import logging
 
     logging.disable(logging.WARNING)

@@ -219,11 +219,9 @@ async def push_answers(request: Request, principal: VnPost) -> dict:
     _check_size(len(body.records))
     records = [{"form_code": r.form_code, "answers": r.answers, "enumerator_id": r.enumerator_id,
                 "started_at": r.started_at, "duration_seconds": r.duration_seconds} for r in body.records]
-    digest = vnpost.answer_batch_digest(body.batch_id, body.wave_id, records)
     async with unit_of_work(request) as session:
         result, replayed = await vnpost.push_answers(
-            request.app, session, request.app.state.tables, principal, body.batch_id, body.wave_id,
-            records, digest)
+            request.app, session, request.app.state.tables, principal, body.batch_id, body.wave_id, records)
     return {**result, "replayed": replayed}
 
 

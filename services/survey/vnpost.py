@@ -58,24 +58,36 @@ def withdrawn_result(row: dict) -> dict | None:
 def answer_batch_digest(batch_id: str, wave_id: str, records: list[dict]) -> str:
     """Identity of an answer batch's content, canonical (key order and spacing do not count).
     Each record's answers are hashed once (``content_hash``, the same digest a stored response
-    keeps, set on the record as ``answers_hash``) and the batch digest is taken over the records
-    with their answers replaced by that digest: the 5 MB body is not serialised a second time."""
+    keeps, left on the record as ``answers_hash`` by whoever hashed them first) and the batch
+    digest is taken over the records with their answers replaced by that digest: the 4 MB body
+    is not serialised a second time."""
     records_digest = []
     for rec in records:
-        rec["answers_hash"] = F.content_hash(rec["answers"])
+        if "answers_hash" not in rec:
+            rec["answers_hash"] = F.content_hash(rec["answers"])
         records_digest.append({k: v for k, v in rec.items() if k != "answers"})
     return F.content_hash({"digest": 2, "batch_id": batch_id, "wave_id": wave_id, "records": records_digest})
 
 
+def _answers_hash(rec: dict) -> str:
+    if "answers_hash" not in rec:
+        rec["answers_hash"] = F.content_hash(rec["answers"])
+    return rec["answers_hash"]
+
+
 async def claim_batch(
-    session: AsyncSession, principal: Principal, batch_id: str, kind: str, wave_id: str, body_hash: str,
+    session: AsyncSession, principal: Principal, batch_id: str, kind: str, wave_id: str, body_hash: Callable[[], str],
 ) -> dict | None:
     """Insert the batch row (first write of the transaction). Returns the stored result when the
-    batch was received before (a replay), None when this request owns it."""
+    batch was received before (a replay), None when this request owns it.
+
+    ``body_hash`` is called only for a replay, to compare: a new batch stores its hash with its
+    result (``store_result``, same transaction), so a push does not wait for it before its first
+    write. A second push of the batch meanwhile waits on the row's key and reads both."""
     inserted = await session.execute(
         insert_for(session, vnpost_batch)
         .values(batch_id=batch_id, kind=kind, owner_key_id=principal.key_id, wave_id=wave_id,
-                body_hash=body_hash, result={}, received_at=utcnow())
+                body_hash="", result={}, received_at=utcnow())
         .on_conflict_do_nothing(index_elements=["batch_id"])
     )
     if inserted.rowcount == 1:
@@ -83,14 +95,15 @@ async def claim_batch(
     row = (await session.execute(select(vnpost_batch).where(vnpost_batch.c.batch_id == batch_id))).mappings().one()
     if row["owner_key_id"] != principal.key_id:
         raise Forbidden(f"Batch {batch_id} was sent with another key; batch ids belong to the key that sent them.")
-    if row["body_hash"] != body_hash or row["kind"] != kind:
+    if row["kind"] != kind or row["body_hash"] != body_hash():
         raise Conflict(f"Batch {batch_id} was received before with a different body; use a new batch id.",
                        batch_id=batch_id)
     return dict(row["result"])
 
 
-async def _store_result(session: AsyncSession, batch_id: str, result: dict) -> None:
-    await session.execute(update(vnpost_batch).where(vnpost_batch.c.batch_id == batch_id).values(result=result))
+async def store_result(session: AsyncSession, batch_id: str, result: dict, body_hash: str) -> None:
+    await session.execute(update(vnpost_batch).where(vnpost_batch.c.batch_id == batch_id)
+                          .values(result=result, body_hash=body_hash))
 
 
 def _summary(batch_id: str, kind: str, wave_id: str, records: list[dict]) -> dict:
@@ -122,26 +135,40 @@ def _lookup(rows: dict[str, dict], wave_id: str, code: str, seen: set[str]) -> t
     return row, None
 
 
-async def _answered(session: AsyncSession, form_ids: list[str]) -> dict[str, str]:
-    """Content hash of the stored answers of each of these forms that has some."""
-    if not form_ids:
-        return {}
+# What an answer push reads of a form (the timestamps and assignment details stay unread: a
+# third of decoding 5,000 full rows).
+_ANSWER_FORM_COLUMNS = ("id", "wave_id", "unit_id", "form_code", "stratum", "province_code", "commune_code", "status",
+                        "enumerator_id")
+
+
+async def _forms_and_answers(session: AsyncSession, codes: Sequence[str]) -> tuple[dict[str, dict], dict[str, str]]:
+    """The forms with these codes (by code) and the content hash of the stored answers of each
+    that has some (by form id), in one look-up: the response's unique key is probed by the join."""
+    names = [*_ANSWER_FORM_COLUMNS, "content_hash"]
+    joined = select(*[form.c[c] for c in _ANSWER_FORM_COLUMNS], response.c.content_hash).select_from(
+        form.outerjoin(response, response.c.form_id == form.c.id))
+    codes = list(dict.fromkeys(codes))
     if F.is_pg(session):
-        wheres = [response.c.form_id == any_(bindparam("ids", form_ids, type_=ARRAY(String)))]
+        wheres = [form.c.form_code == any_(bindparam("codes", codes, type_=ARRAY(String)))] if codes else []
     else:
-        wheres = [response.c.form_id.in_(form_ids[i : i + 1000]) for i in range(0, len(form_ids), 1000)]
+        wheres = [form.c.form_code.in_(codes[i : i + 1000]) for i in range(0, len(codes), 1000)]
+    forms: dict[str, dict] = {}
     existing: dict[str, str] = {}
     for where in wheres:
-        for fid, digest in (await session.execute(select(response.c.form_id, response.c.content_hash).where(where))).all():
-            existing[fid] = digest
-    return existing
+        for row in (await session.execute(joined.where(where))).all():
+            d = dict(zip(names, row))
+            digest = d.pop("content_hash")
+            forms[d["form_code"]] = d
+            if digest is not None:
+                existing[d["id"]] = digest
+    return forms, existing
 
 
 async def push_statuses(
     session: AsyncSession, tables: dict, principal: Principal, batch_id: str, wave_id: str, records: list[dict], body_hash: str
 ) -> tuple[dict, bool]:
     """Apply a status batch. Returns (result, replayed)."""
-    stored = await claim_batch(session, principal, batch_id, "status", wave_id, body_hash)
+    stored = await claim_batch(session, principal, batch_id, "status", wave_id, lambda: body_hash)
     if stored is not None:
         return stored, True
     await F.lock_wave(session, wave_id)  # wave before forms, like every writer (forms.lock_form)
@@ -165,17 +192,21 @@ async def push_statuses(
             results.append(record_result(row["form_code"], "applied", target))
     await F.apply_moves(session, tables, wave_id, moves, actor=principal.actor)
     result = _summary(batch_id, "status", wave_id, results)
-    await _store_result(session, batch_id, result)
+    await store_result(session, batch_id, result, body_hash)
     return result, False
 
 
 async def push_answers(
     app: FastAPI, session: AsyncSession, tables: dict, principal: Principal, batch_id: str, wave_id: str,
-    records: list[dict], body_hash: str,
+    records: list[dict],
 ) -> tuple[dict, bool]:
-    """Apply an answer batch. Returns (result, replayed). ``records`` may carry ``answers_hash``
-    (from ``answer_batch_digest``), so the answers are not hashed twice."""
-    stored = await claim_batch(session, principal, batch_id, "answers", wave_id, body_hash)
+    """Apply an answer batch. Returns (result, replayed).
+
+    Each record's answers are hashed when first needed: for an accepted record, as its response
+    row goes out in the COPY (``record_responses``), beside the database's work, rather than all
+    5,000 before the first statement; the batch's digest is taken from those at the end."""
+    digest_of_batch = functools.partial(answer_batch_digest, batch_id, wave_id, records)
+    stored = await claim_batch(session, principal, batch_id, "answers", wave_id, digest_of_batch)
     if stored is not None:
         return stored, True
     await F.lock_wave(session, wave_id)  # wave before forms, like every writer (forms.lock_form)
@@ -183,9 +214,8 @@ async def push_answers(
     method = await methodology(app, session, wave_row["methodology_version"])
     # Every record's answers are checked while the database looks the forms up (the checks need
     # no form; a record rejected for another reason just does not use its result).
-    rows, problems = await F.overlapped(F.forms_by_code(session, [r["form_code"] for r in records]),
-                                        lambda: [method.validate_answers(r["answers"]) for r in records])
-    existing = await _answered(session, [r["id"] for r in rows.values()])
+    (rows, existing), problems = await F.overlapped(_forms_and_answers(session, [r["form_code"] for r in records]),
+                                                    lambda: [method.validate_answers(r["answers"]) for r in records])
     open_corr = await C.open_corrections(session, list(existing))
     results, accepted, corrected, seen = [], [], [], set()
     for rec, problems_of_rec in zip(records, problems):
@@ -196,18 +226,17 @@ async def push_answers(
         if (withdrawn := withdrawn_result(row)) is not None:
             results.append(withdrawn)
             continue
-        digest = rec.get("answers_hash") or F.content_hash(rec["answers"])
         if row["id"] in open_corr:
             # Sent back by verification: these answers become the next revision.
             problems = problems_of_rec
             if problems:
                 results.append(record_result(row["form_code"], "rejected", row["status"], [p.model_dump() for p in problems]))
             else:
-                corrected.append((row, rec, digest, open_corr[row["id"]]))
+                corrected.append((row, rec, _answers_hash(rec), open_corr[row["id"]]))
                 results.append(record_result(row["form_code"], "applied", row["status"]))
             continue
         if row["id"] in existing:
-            outcome = "unchanged" if existing[row["id"]] == digest else "conflict"
+            outcome = "unchanged" if existing[row["id"]] == _answers_hash(rec) else "conflict"
             errs = [] if outcome == "unchanged" else [error("conflict", "the form was accepted with different answers")]
             results.append(record_result(row["form_code"], outcome, row["status"], errs))
             continue
@@ -219,7 +248,7 @@ async def push_answers(
             results.append(record_result(row["form_code"], "conflict", row["status"], [
                 error("conflict", f"the form is {row['status']}; it cannot be collected")]))
             continue
-        accepted.append((row, rec, digest))
+        accepted.append((row, rec, None))  # hashed as its row is written
         results.append(record_result(row["form_code"], "applied", "collected"))
     await record_responses(
         session, tables, method, wave_row, accepted, channel="paper", source=f"vnpost:{batch_id}", actor=principal.actor
@@ -227,47 +256,58 @@ async def push_answers(
     await C.apply_corrections(session, tables, method, wave_row, corrected, source=f"vnpost:{batch_id}",
                               actor=principal.actor)
     result = _summary(batch_id, "answers", wave_id, results)
-    await _store_result(session, batch_id, result)
+    await store_result(session, batch_id, result, digest_of_batch())
     return result, False
 
 
 async def record_responses(
     session: AsyncSession, tables: dict, method: Methodology, wave_row: dict,
-    accepted: Sequence[tuple[dict, dict, str]], *, channel: str, source: str, actor: str,
+    accepted: Sequence[tuple[dict, dict, str | None]], *, channel: str, source: str, actor: str,
 ) -> list[str]:
     """Store accepted answers (one response per form: unique), move the forms to collected and
-    announce each with ``response.submitted`` -- without the sensitive profile answers."""
+    announce each with ``response.submitted`` -- without the sensitive profile answers.
+
+    ``accepted``: (form row, record, content hash of its answers, or None to hash them here; the
+    hash is then left on the record as ``answers_hash``)."""
     if not accepted:
         return []
     now = utcnow()
-    rows, ids = [], new_id_strings(len(accepted))
-    for (form_row, rec, digest), rid in zip(accepted, ids):
-        rows.append({
+    ids = new_id_strings(len(accepted))
+    pg = F.is_pg(session)
+
+    def row(form_row: dict, rec: dict, digest: str | None, rid: str) -> dict:
+        if digest is None:
+            digest = rec["answers_hash"] = F.content_hash(rec["answers"])
+        r = {
             "id": rid, "form_id": form_row["id"], "wave_id": form_row["wave_id"], "channel": channel,
             "answers": rec["answers"], "content_hash": digest,
             "enumerator_id": rec.get("enumerator_id") or form_row["enumerator_id"],
             "started_at": rec.get("started_at"), "duration_seconds": rec.get("duration_seconds"),
             "submitted_at": rec.get("submitted_at") or now, "source": source, "revision": 1,
-        })
+        }
+        # What the UTCDateTime column refuses (the COPY would take it as UTC).
+        if pg and ((r["started_at"] is not None and r["started_at"].tzinfo is None) or r["submitted_at"].tzinfo is None):
+            raise ValueError("naive datetime given to a UTC column")
+        return r
+
     submitted = _submitted_event(method, wave_row, channel)
-    if F.is_pg(session):
-        for r in rows:  # what the UTCDateTime column refuses
-            if (r["started_at"] is not None and r["started_at"].tzinfo is None) or r["submitted_at"].tzinfo is None:
-                raise ValueError("naive datetime given to a UTC column")
+    if pg:
         events: list[F.Payload] = []
         dumps = orjson.dumps
 
         def records() -> Iterator[tuple]:
-            # Each row's event is built as asyncpg takes the row: it sends the COPY data in
-            # 512 KB messages as it goes, so PostgreSQL stores the first rows while Python
-            # builds the next ones.
-            for (form_row, rec, _), r in zip(accepted, rows):
+            # Each row (its answers hashed if need be) and its event are built as asyncpg takes
+            # the row: it sends the COPY data in 512 KB messages as it goes, so PostgreSQL
+            # stores the first rows while Python builds the next ones.
+            for (form_row, rec, digest), rid in zip(accepted, ids):
+                r = row(form_row, rec, digest, rid)
                 events.append(submitted(form_row, rec, r))
                 yield (r["id"], r["form_id"], r["wave_id"], r["channel"], dumps(r["answers"]).decode(), r["content_hash"],
                        r["enumerator_id"], r["started_at"], r["duration_seconds"], r["submitted_at"], r["source"], r["revision"])
 
         await F.copy_records(session, "response", _RESPONSE_COLUMNS, records())
     else:
+        rows = [row(form_row, rec, digest, rid) for (form_row, rec, digest), rid in zip(accepted, ids)]
         # The events are built while SQLite stores the rows (in aiosqlite's thread).
         _, events = await F.overlapped(session.execute(response.insert(), rows), lambda: [
             submitted(form_row, rec, r) for (form_row, rec, _), r in zip(accepted, rows)])
@@ -283,13 +323,20 @@ def _submitted_event(method: Methodology, wave_row: dict, channel: str) -> Calla
     iso = functools.lru_cache(maxsize=64)(F._iso)  # a batch's rows mostly share one submitted_at
     version = wave_row["methodology_version"]
 
+    def public(answers: dict) -> dict:
+        # A copy without the few sensitive keys (a C-level copy, not a loop over 30 answers).
+        out = dict(answers)
+        for key in sensitive:
+            out.pop(key, None)
+        return out
+
     def event(form_row: dict, rec: dict, row: dict) -> F.Payload:
         return F.Payload(ResponseSubmitted, {
             "wave_id": form_row["wave_id"], "form_code": form_row["form_code"], "unit_id": form_row["unit_id"],
             "response_id": row["id"], "revision": 1, "stratum": form_row["stratum"], "province_code": form_row["province_code"],
             "commune_code": form_row["commune_code"], "channel": channel, "enumerator_id": row["enumerator_id"],
             "methodology_version": version,
-            "answers": {k: v for k, v in rec["answers"].items() if k not in sensitive},
+            "answers": public(rec["answers"]),
             "started_at": F._iso(rec.get("started_at")), "duration_seconds": rec.get("duration_seconds"),
             "submitted_at": iso(row["submitted_at"]),
         }, form_row["form_code"])
