@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Body, Depends, Path, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy import func, select
 
 from services.survey import data_entry, forms as F, online, progress as P, versions, vnpost
@@ -213,8 +214,9 @@ async def push_status(body: StatusBatch, request: Request, principal: VnPost) ->
 
 @vnpost_router.post("/answer-batches", response_model=BatchResult, responses=problem_responses(413),
                     openapi_extra=json_body(AnswerBatch), summary="Push completed answers (≤5,000 forms per batch)")
-async def push_answers(request: Request, principal: VnPost) -> dict:
-    # The body (up to 5,000 forms, ~4 MB) is parsed and validated in one pass (read_json_body).
+async def push_answers(request: Request, principal: VnPost) -> Response:
+    # The body (up to 5,000 forms, ~4 MB) is parsed and validated in one pass (read_json_body);
+    # the result (as documented by BatchResult, built by vnpost) is encoded by orjson.
     body = await read_json_body(request, AnswerBatch)
     _check_size(len(body.records))
     records = [{"form_code": r.form_code, "answers": r.answers, "enumerator_id": r.enumerator_id,
@@ -222,7 +224,7 @@ async def push_answers(request: Request, principal: VnPost) -> dict:
     async with unit_of_work(request) as session:
         result, replayed = await vnpost.push_answers(
             request.app, session, request.app.state.tables, principal, body.batch_id, body.wave_id, records)
-    return {**result, "replayed": replayed}
+    return Response(orjson.dumps({**result, "replayed": replayed}), media_type="application/json")
 
 
 @vnpost_router.get("/batches/{batch_id}", response_model=BatchResult, summary="Result of a batch sent earlier")

@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 from fastapi import FastAPI
-from sqlalchemy import String, any_, bindparam, select, update
+from sqlalchemy import String, any_, bindparam, select, text, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -102,8 +102,12 @@ async def claim_batch(
 
 
 async def store_result(session: AsyncSession, batch_id: str, result: dict, body_hash: str) -> None:
-    await session.execute(update(vnpost_batch).where(vnpost_batch.c.batch_id == batch_id)
-                          .values(result=result, body_hash=body_hash))
+    """The batch's per-record results and digest. Encoded by orjson here (the JSON column's
+    encoder is json.dumps, a 5,000-record result took it ~15 ms; the result holds only strings,
+    numbers and lists)."""
+    value = "CAST(:result AS jsonb)" if F.is_pg(session) else ":result"
+    await session.execute(text(f"UPDATE vnpost_batch SET result = {value}, body_hash = :body_hash WHERE batch_id = :batch_id"),
+                          {"result": orjson.dumps(result).decode(), "body_hash": body_hash, "batch_id": batch_id})
 
 
 def _summary(batch_id: str, kind: str, wave_id: str, records: list[dict]) -> dict:

@@ -10,6 +10,7 @@ import uuid
 from sqlalchemy import func, select
 
 from services.survey.models import response
+from services.survey.schemas import BatchResult
 from shared.contracts.survey import ResponseSubmitted
 from shared.contracts.verification import CorrectionRequested
 from shared.events import make_event
@@ -150,6 +151,8 @@ async def test_records_are_judged_one_by_one(stack, clients):
     ]}
     r = await clients.survey.post("/v1/vnpost/answer-batches", json=body, headers=vnpost)
     assert r.status_code == 200, r.text
+    # The result is encoded without FastAPI's response model: it must still be one.
+    assert BatchResult.model_validate_json(r.content).model_dump(mode="json") == r.json()
     records = r.json()["records"]
     assert [x["outcome"] for x in records] == ["conflict", "rejected", "rejected", "rejected", "rejected", "applied", "rejected"]
     assert records[1]["errors"][0]["code"] == "unknown_item"
