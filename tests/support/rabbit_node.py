@@ -30,18 +30,14 @@ import time
 import uuid
 from pathlib import Path
 
+from tests.support.stack_process import free_ports
+
 SERVER_CANDIDATES = ("/usr/lib/rabbitmq/bin/rabbitmq-server", "/usr/local/sbin/rabbitmq-server")
 _LIVE: set["RabbitNode"] = set()
 
 
 class RabbitNodeError(RuntimeError):
     """The node could not be started (or stopped)."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def server_script() -> str:
@@ -77,8 +73,7 @@ class RabbitNode:
         self.base.mkdir(parents=True, exist_ok=True)
         self.name = f"sipas_test_{uuid.uuid4().hex[:8]}@localhost"
         self.host = "127.0.0.1"
-        self.port = free_port()
-        self.dist_port = free_port()
+        self.port, self.dist_port = free_ports(2)
         self.boot_timeout = boot_timeout
         self.proc: subprocess.Popen | None = None
         self._log = None

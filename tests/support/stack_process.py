@@ -13,6 +13,7 @@ OOM killer takes it) and ``restart(name)`` it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -32,9 +33,19 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports. Every socket stays bound until all are chosen: closing each
+    before asking for the next let the kernel hand the same port out twice, and two services of
+    a test stack were given one port (the second could not bind, and the first answered for
+    both)."""
+    with contextlib.ExitStack() as sockets:
+        bound = [sockets.enter_context(socket.socket()) for _ in range(n)]
+        for s in bound:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in bound]
 
 
 @dataclass
@@ -118,6 +129,10 @@ class StackProcess:
             for name, url in list(pending.items()):
                 try:
                     if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                        # Ready, and the right service on that port (not another one that got it).
+                        answered = httpx.get(f"{url}/healthz", timeout=2).json().get("service")
+                        if answered != name:
+                            raise RuntimeError(f"{url} answers as {answered}, not {name}:\n{self.logs()}")
                         del pending[name]
                 except httpx.HTTPError:
                     pass
@@ -166,8 +181,7 @@ def stack_env(tmp: Path, *, database_url: str | None, bus_url: str | None) -> tu
     if bus_url:
         env.update(SIPAS_BUS_URL=bus_url, SIPAS_EXCHANGE=f"sipas.test.{uid}", SIPAS_QUEUE_PREFIX=f"test.{uid}")
     urls = {}
-    for name in SERVICES:
-        port = free_port()
+    for name, port in zip(SERVICES, free_ports(len(SERVICES))):
         env[f"SIPAS_{name.upper()}_PORT"] = str(port)
         env[f"SIPAS_{name.upper()}_URL"] = f"http://127.0.0.1:{port}"
         urls[name] = f"http://127.0.0.1:{port}"
