@@ -64,11 +64,8 @@ async def request_correction(session: AsyncSession, tables: dict, payload: Any) 
 async def open_corrections(session: AsyncSession, form_ids: Sequence[str]) -> dict[str, dict]:
     """The open send-back of each form that has one."""
     found: dict[str, dict] = {}
-    ids = list(form_ids)
-    for start in range(0, len(ids), 1000):
-        rows = await session.execute(
-            select(correction).where(correction.c.form_id.in_(ids[start:start + 1000]), correction.c.resolved_at.is_(None))
-        )
+    for where in F.among(session, correction.c.form_id, form_ids):
+        rows = await session.execute(select(correction).where(where, correction.c.resolved_at.is_(None)))
         for r in rows.mappings():
             found[r["form_id"]] = dict(r)
     return found

@@ -159,7 +159,7 @@ async def overlapped(write: Awaitable[W], work: Callable[[], T]) -> tuple[W, T]:
     return await task, result
 
 
-async def copy_records(session: AsyncSession, table: str, columns: Sequence[str], records: list[tuple]) -> None:
+async def copy_records(session: AsyncSession, table: str, columns: Sequence[str], records: Iterable[tuple]) -> None:
     """PostgreSQL's binary ``COPY`` of ``records`` into ``table``, on the session's connection and
     inside its transaction (asyncpg's ``copy_records_to_table``; tables are unqualified, the
     service's schema is on the ``search_path``).
@@ -489,17 +489,21 @@ async def get_form(session: AsyncSession, form_code: str) -> dict:
     return dict(row)
 
 
-async def forms_by_code(session: AsyncSession, codes: Sequence[str]) -> dict[str, dict]:
-    """Forms by code, as plain dicts (callers update them in place as they move them). On
-    PostgreSQL one query with the codes as one array parameter; SQLite in chunks of 1,000."""
-    found: dict[str, dict] = {}
-    codes = list(dict.fromkeys(codes))
-    names = [c.name for c in form.c]
+def among(session: AsyncSession, column: Any, values: Sequence[str]) -> list[Any]:
+    """``column IN values`` as the conditions of the queries that look many rows up: on
+    PostgreSQL one condition with the values as one array parameter; on SQLite one per 1,000
+    values (its limit on bound parameters). None for no values."""
+    values = list(dict.fromkeys(values))
     if is_pg(session):
-        chunks = [form.c.form_code == any_(bindparam("codes", codes, type_=ARRAY(String)))] if codes else []
-    else:
-        chunks = [form.c.form_code.in_(codes[start : start + 1000]) for start in range(0, len(codes), 1000)]
-    for where in chunks:
+        return [column == any_(bindparam("values", values, type_=ARRAY(String)))] if values else []
+    return [column.in_(values[start : start + 1000]) for start in range(0, len(values), 1000)]
+
+
+async def forms_by_code(session: AsyncSession, codes: Sequence[str]) -> dict[str, dict]:
+    """Forms by code, as plain dicts (callers update them in place as they move them)."""
+    found: dict[str, dict] = {}
+    names = [c.name for c in form.c]
+    for where in among(session, form.c.form_code, codes):
         for row in (await session.execute(select(form).where(where))).all():
             d = dict(zip(names, row))
             found[d["form_code"]] = d

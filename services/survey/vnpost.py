@@ -19,8 +19,7 @@ from typing import Any
 
 import orjson
 from fastapi import FastAPI
-from sqlalchemy import String, any_, bindparam, select, text, update
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.survey import corrections as C
@@ -63,13 +62,13 @@ def answer_batch_digest(batch_id: str, wave_id: str, records: list[dict]) -> str
     is not serialised a second time."""
     records_digest = []
     for rec in records:
-        if "answers_hash" not in rec:
-            rec["answers_hash"] = F.content_hash(rec["answers"])
+        answers_hash(rec)
         records_digest.append({k: v for k, v in rec.items() if k != "answers"})
     return F.content_hash({"digest": 2, "batch_id": batch_id, "wave_id": wave_id, "records": records_digest})
 
 
-def _answers_hash(rec: dict) -> str:
+def answers_hash(rec: dict) -> str:
+    """The content hash of a pushed record's answers, computed once and kept on the record."""
     if "answers_hash" not in rec:
         rec["answers_hash"] = F.content_hash(rec["answers"])
     return rec["answers_hash"]
@@ -124,10 +123,6 @@ async def _open_wave(session: AsyncSession, wave_id: str) -> dict:
     return wave_row
 
 
-async def _wave_forms(session: AsyncSession, wave_id: str, codes: Sequence[str]) -> tuple[dict, dict[str, dict]]:
-    return await _open_wave(session, wave_id), await F.forms_by_code(session, codes)
-
-
 def _lookup(rows: dict[str, dict], wave_id: str, code: str, seen: set[str]) -> tuple[dict | None, dict | None]:
     """(form, None) or (None, rejection result)."""
     if code in seen:
@@ -151,14 +146,9 @@ async def _forms_and_answers(session: AsyncSession, codes: Sequence[str]) -> tup
     names = [*_ANSWER_FORM_COLUMNS, "content_hash"]
     joined = select(*[form.c[c] for c in _ANSWER_FORM_COLUMNS], response.c.content_hash).select_from(
         form.outerjoin(response, response.c.form_id == form.c.id))
-    codes = list(dict.fromkeys(codes))
-    if F.is_pg(session):
-        wheres = [form.c.form_code == any_(bindparam("codes", codes, type_=ARRAY(String)))] if codes else []
-    else:
-        wheres = [form.c.form_code.in_(codes[i : i + 1000]) for i in range(0, len(codes), 1000)]
     forms: dict[str, dict] = {}
     existing: dict[str, str] = {}
-    for where in wheres:
+    for where in F.among(session, form.c.form_code, codes):
         for row in (await session.execute(joined.where(where))).all():
             d = dict(zip(names, row))
             digest = d.pop("content_hash")
@@ -176,7 +166,8 @@ async def push_statuses(
     if stored is not None:
         return stored, True
     await F.lock_wave(session, wave_id)  # wave before forms, like every writer (forms.lock_form)
-    _, rows = await _wave_forms(session, wave_id, [r["form_code"] for r in records])
+    await _open_wave(session, wave_id)
+    rows = await F.forms_by_code(session, [r["form_code"] for r in records])
     results, moves, seen = [], [], set()
     for rec in records:
         row, rejected = _lookup(rows, wave_id, rec["form_code"], seen)
@@ -236,11 +227,11 @@ async def push_answers(
             if problems:
                 results.append(record_result(row["form_code"], "rejected", row["status"], [p.model_dump() for p in problems]))
             else:
-                corrected.append((row, rec, _answers_hash(rec), open_corr[row["id"]]))
+                corrected.append((row, rec, answers_hash(rec), open_corr[row["id"]]))
                 results.append(record_result(row["form_code"], "applied", row["status"]))
             continue
         if row["id"] in existing:
-            outcome = "unchanged" if existing[row["id"]] == _answers_hash(rec) else "conflict"
+            outcome = "unchanged" if existing[row["id"]] == answers_hash(rec) else "conflict"
             errs = [] if outcome == "unchanged" else [error("conflict", "the form was accepted with different answers")]
             results.append(record_result(row["form_code"], outcome, row["status"], errs))
             continue
@@ -281,7 +272,7 @@ async def record_responses(
 
     def row(form_row: dict, rec: dict, digest: str | None, rid: str) -> dict:
         if digest is None:
-            digest = rec["answers_hash"] = F.content_hash(rec["answers"])
+            digest = answers_hash(rec)
         r = {
             "id": rid, "form_id": form_row["id"], "wave_id": form_row["wave_id"], "channel": channel,
             "answers": rec["answers"], "content_hash": digest,

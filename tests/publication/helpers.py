@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import socket
 import uuid
 from contextlib import asynccontextmanager
 
@@ -23,6 +22,7 @@ from shared.contracts.indexing import IndexRunCompleted
 from shared.contracts.sampling import WaveCreated
 from shared.events import make_event
 from tests.conftest import eventually
+from tests.support.stack_process import free_port
 
 PROVINCES = ["01", "02", "04", "79", "92"]
 
@@ -218,12 +218,6 @@ class Receiver:
     @property
     def successes(self) -> list[dict]:
         return [r for r in self.received if 200 <= r["status"] < 300]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @asynccontextmanager

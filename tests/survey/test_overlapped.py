@@ -74,3 +74,4 @@ async def test_copy_records_belongs_to_the_transaction(stack):
         await F.copy_records(session, h.name, columns, [record])
     async with sessions() as session:
         assert await _count(session, "copy-1") == 1
+
