@@ -75,3 +75,18 @@ async def test_copy_records_belongs_to_the_transaction(stack):
     async with sessions() as session:
         assert await _count(session, "copy-1") == 1
 
+
+@pytest.mark.services
+async def test_a_copy_refused_by_the_server_is_a_database_error_like_a_statements(stack):
+    """So the service's handler classifies it (transient: 503) instead of a bare 500."""
+    from sqlalchemy.exc import DBAPIError
+
+    from services.survey.models import form_history as h
+
+    async with stack.apps["survey"].state.sessions() as session:
+        with pytest.raises(DBAPIError) as refused:
+            async with session.begin():
+                await session.execute(text("SELECT 1"))
+                await F.copy_records(session, h.name, ("form_id", "to_status", "actor", "at"),
+                                     [("copy-2", None, "test", utcnow())])  # to_status is NOT NULL
+        assert refused.value.orig.sqlstate == "23502"
