@@ -135,7 +135,7 @@ def build_app(spec: ServiceSpec, settings: ServiceSettings, *, bus: EventBus | N
             sessions, spec.tables["outbox"], the_bus, service=spec.name, poll_seconds=settings.platform.outbox_poll_seconds,
             retention_days=settings.platform.outbox_retention_days,
         )
-        install_commit_hooks(sessions, relay.notify)
+        install_commit_hooks(sessions, relay)
         app.state.settings = settings
         app.state.engine = engine
         app.state.sessions = sessions

@@ -33,7 +33,7 @@ from shared.db import insert_for, new_id_strings, utcnow
 from shared.errors import InvalidState, NotFound
 from shared.events import SPEC_VERSION, EventData
 from shared.observability import current_correlation_id
-from shared.outbox import add_envelopes, add_group, group_values
+from shared.outbox import add_envelopes, add_group, encode_group
 
 T = TypeVar("T")
 W = TypeVar("W")
@@ -593,7 +593,7 @@ async def apply_moves(
                 reason = m.replacement_reason or ("ineligible" if m.status == "ineligible" else m.status)
                 events.append(ReplacementRequested(wave_id=wave_id, form_code=m.row["form_code"], unit_id=m.row["unit_id"],
                                                    reason=reason))
-        return hist, group_values(envelopes([*events, *then]))
+        return hist, encode_group(envelopes([*events, *then]))
 
     # History rows, events and their encoded outbox group are built while the database updates
     # the forms (a 5,000-form push: ~0.1 s of Python beside ~0.15 s of server time).

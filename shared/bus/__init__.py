@@ -9,10 +9,10 @@ Both give the same guarantees to a handler, so services are written once:
 
 from __future__ import annotations
 
-from shared.bus.base import EventBus, Handler, Subscription
+from shared.bus.base import EventBus, Handler, Subscription, wire
 from shared.bus.memory import InMemoryBus
 
-__all__ = ["EventBus", "Handler", "InMemoryBus", "Subscription", "create_bus"]
+__all__ = ["EventBus", "Handler", "InMemoryBus", "Subscription", "create_bus", "wire"]
 
 
 def create_bus(

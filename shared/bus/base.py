@@ -5,14 +5,21 @@ from __future__ import annotations
 import abc
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from shared.events import Envelope
 
 Handler = Callable[[Envelope], Awaitable[None]]
 BatchHandler = Callable[[list[Envelope]], Awaitable[None]]
 log = logging.getLogger("sipas.bus")
+
+
+def wire(event: Envelope | dict[str, Any]) -> dict[str, Any]:
+    """An envelope in its wire form: the JSON-ready dict (``model_dump(mode="json")``) that the
+    outbox stores and the relay publishes as it is. Buses take either form."""
+    return event if isinstance(event, dict) else event.model_dump(mode="json")
 
 
 @dataclass
@@ -42,21 +49,21 @@ class EventBus(abc.ABC):
     async def close(self) -> None:
         """Stop consuming (letting in-flight handlers finish) and disconnect."""
 
-    @abc.abstractmethod
-    async def publish(self, event: Envelope) -> None:
+    async def publish(self, event: Envelope | dict[str, Any]) -> None:
         """Return only once the broker has taken the event (publisher confirm on RabbitMQ);
         raise if it has not, so the outbox keeps the row and tries again."""
+        _, error = await self.publish_many([event])
+        if error is not None:
+            raise error
 
-    async def publish_many(self, events: list[Envelope]) -> tuple[int, Exception | None]:
+    @abc.abstractmethod
+    async def publish_many(self, events: Sequence[Envelope | dict[str, Any]]) -> tuple[int, Exception | None]:
         """Publish in order; return how many leading events the broker took and the error that
         stopped the rest (None if all went). The outbox marks only that prefix sent, so an event
-        is never marked before one staged earlier. Buses override this to overlap the waits."""
-        for i, event in enumerate(events):
-            try:
-                await self.publish(event)
-            except Exception as exc:
-                return i, exc
-        return len(events), None
+        is never marked before one staged earlier.
+
+        The relay hands envelopes in their wire form (``wire``), as staged: a bus sends them on
+        without building a model of each, and the consumer validates what it receives."""
 
     @abc.abstractmethod
     async def declare(self, queue: str, patterns: list[str]) -> None:

@@ -21,18 +21,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
+from collections.abc import Sequence
+from typing import Any
 
 import aio_pika
+import orjson
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
-from shared.bus.base import EventBus, Subscription
+from shared.bus.base import EventBus, Subscription, wire
 from shared.events import Envelope
 from shared.observability import EVENTS_CONSUMED, EVENTS_DEAD_LETTERED
 
 log = logging.getLogger("sipas.bus.rabbitmq")
 # How long closing waits on each broker call (see RabbitMQBus.close).
 CLOSE_TIMEOUT = 5.0
+
+
+def _timestamp(value: Any) -> dt.datetime | None:
+    """The AMQP timestamp property from the envelope's ``time`` (informative only: consumers
+    read the envelope's own), None rather than a failed publish if it does not parse."""
+    try:
+        return dt.datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
 
 
 class RabbitMQBus(EventBus):
@@ -90,17 +103,13 @@ class RabbitMQBus(EventBus):
                 await asyncio.wait_for(self._connection.close(), CLOSE_TIMEOUT)
             self._connection = None
 
-    async def publish(self, event: Envelope) -> None:
-        if self._exchange is None:
-            raise RuntimeError("bus is not started")
-        await self._exchange.publish(self._message(event), routing_key=event.type, timeout=10)
-
-    async def publish_many(self, events: list[Envelope]) -> tuple[int, Exception | None]:
+    async def publish_many(self, events: Sequence[Envelope | dict[str, Any]]) -> tuple[int, Exception | None]:
         if self._exchange is None:
             raise RuntimeError("bus is not started")
         exchange = self._exchange
         # Tasks start in order and take the channel lock in order: the broker gets them in order.
-        sends = [asyncio.ensure_future(exchange.publish(self._message(e), routing_key=e.type, timeout=10)) for e in events]
+        sends = [asyncio.ensure_future(exchange.publish(self._message(e), routing_key=e["type"], timeout=10))
+                 for e in map(wire, events)]
         results = await asyncio.gather(*sends, return_exceptions=True)
         for i, result in enumerate(results):
             if isinstance(result, BaseException):
@@ -110,16 +119,16 @@ class RabbitMQBus(EventBus):
         return len(events), None
 
     @staticmethod
-    def _message(event: Envelope) -> aio_pika.Message:
+    def _message(event: dict[str, Any]) -> aio_pika.Message:
         return aio_pika.Message(
-            body=event.model_dump_json().encode(),
+            body=orjson.dumps(event),
             content_type="application/json",
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            message_id=str(event.id),
-            type=event.type,
-            timestamp=event.time,
-            correlation_id=event.correlation_id,
-            app_id=event.source,
+            message_id=str(event["id"]),
+            type=event["type"],
+            timestamp=_timestamp(event.get("time")),
+            correlation_id=event.get("correlation_id"),
+            app_id=event.get("source"),
         )
 
     async def publish_raw(self, routing_key: str, body: bytes) -> None:

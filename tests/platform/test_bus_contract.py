@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from shared.bus import EventBus, InMemoryBus, Subscription
+from shared.bus import EventBus, InMemoryBus, Subscription, wire
 from shared.events import Envelope, topic_matches
 from tests.conftest import BUS_URL, eventually
 
@@ -141,6 +141,41 @@ async def test_every_bound_queue_gets_its_own_copy(harness):
     sent = event()
     await harness.bus.publish(sent)
     await eventually(lambda: seen["a"] == [sent.id] and seen["b"] == [sent.id])
+
+
+async def test_envelopes_published_in_wire_form_arrive_as_the_envelopes_they_came_from(harness):
+    """The relay hands the bus envelopes as the outbox stores them (JSON-ready dicts); a consumer
+    gets the same envelope as from the model, in order, mixed or not."""
+    got: list[Envelope] = []
+
+    async def handler(e: Envelope) -> None:
+        got.append(e)
+
+    await harness.subscribe("wire", ["sipas.test.#"], handler)
+    sent = [event(n=i, text="Hà Nội", nested={"a": [i]}) for i in range(4)]
+    assert await harness.bus.publish_many([sent[0], wire(sent[1]), wire(sent[2]), sent[3]]) == (4, None)
+    await eventually(lambda: len(got) == 4)
+    assert got == sent
+
+
+async def test_a_consumer_changing_its_event_does_not_change_another_queues_copy(harness):
+    seen: list[dict] = []
+    changed = asyncio.Event()
+
+    async def meddler(e: Envelope) -> None:
+        e.data["nested"]["a"].append("changed")
+        changed.set()
+
+    async def reader(e: Envelope) -> None:
+        await changed.wait()
+        seen.append(e.data)
+
+    await harness.subscribe("meddle", ["sipas.test.#"], meddler)
+    await harness.subscribe("read", ["sipas.test.#"], reader)
+    sent = event(nested={"a": [1]})
+    await harness.bus.publish_many([wire(sent)])
+    await eventually(lambda: len(seen) == 1)
+    assert seen == [{"nested": {"a": [1]}}] and sent.data == {"nested": {"a": [1]}}
 
 
 async def test_close_lets_an_in_flight_handler_finish(harness):

@@ -25,11 +25,13 @@ from services.embedded import declare_topology, make_bus, migrate_service
 from services.sampling import service as sampling_service
 from services.sampling.schemas import WaveCreate
 from shared.auth import Principal, Role
-from shared.bus import EventBus, InMemoryBus, Subscription
+from shared.bus import EventBus, InMemoryBus, Subscription, wire
 from shared.contracts.sampling import WaveCreated
 from shared.db import create_engine, session_factory, transaction, utcnow
 from shared.events import Envelope, make_event
-from shared.outbox import OutboxRelay, add_envelopes, idempotent_batch_handler, idempotent_handler
+from shared.outbox import (
+    OutboxRelay, add_envelopes, idempotent_batch_handler, idempotent_handler, install_commit_hooks,
+)
 from tests.conftest import ON_SERVICES, all_queues, drop_backend, eventually
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -382,13 +384,14 @@ class FlakyBus(InMemoryBus):
         self.published: list = []
         self.delay = 0.0
 
-    async def publish_many(self, events: list[Envelope]) -> tuple[int, Exception | None]:
+    async def publish_many(self, events) -> tuple[int, Exception | None]:
         """What the relay calls: the events before the first refused one go out, the rest not."""
-        taken = next((i for i, e in enumerate(events) if e.id in self.refuse), len(events))
+        ids = [str(wire(e)["id"]) for e in events]
+        taken = next((i for i, e in enumerate(ids) if e in self.refuse), len(events))
         if self.delay:
             await asyncio.sleep(self.delay)
         await super().publish_many(events[:taken])
-        self.published.extend(e.id for e in events[:taken])
+        self.published.extend(ids[:taken])
         return taken, ConnectionError("broker unavailable (test)") if taken < len(events) else None
 
 
@@ -419,20 +422,20 @@ async def test_the_relay_publishes_in_order_and_a_failure_holds_back_later_rows(
     bus, received = await recording_bus("order")
     relay = OutboxRelay(sampling.sessions, sampling.outbox, bus, service="sampling", poll_seconds=0.05)
     try:
-        bus.refuse = {uuid.UUID(ids[3])}
+        bus.refuse = {ids[3]}
         assert await relay.publish_pending() == 3
         assert await relay.publish_pending() == 0  # still refused: nothing after it goes out
         rows = await sampling.outbox_rows()
         assert [r["published_at"] is not None for r in rows] == [True] * 3 + [False] * 5
         assert rows[3]["attempts"] == 2 and "broker unavailable" in rows[3]["last_error"]
         assert [r["attempts"] for r in rows[4:]] == [0] * 4
-        assert [str(i) for i in bus.published] == ids[:3]
+        assert bus.published == ids[:3]
 
         bus.refuse = set()  # the broker is back: the running relay catches up on its own
         relay.start()
         await eventually(lambda: _equals(relay.backlog(), 0))
         await bus.drain()
-        assert [str(i) for i in bus.published] == ids
+        assert bus.published == ids
         assert received == ids
         rows = await sampling.outbox_rows()
         assert all(r["published_at"] is not None for r in rows)
@@ -450,7 +453,7 @@ async def test_the_relay_works_through_the_backlog_in_batches_in_order(env):
     relay = OutboxRelay(sampling.sessions, sampling.outbox, bus, service="sampling", batch=3)
     try:
         assert [await relay.publish_pending() for _ in range(4)] == [3, 3, 1, 0]
-        assert [str(i) for i in bus.published] == ids
+        assert bus.published == ids
     finally:
         await bus.close()
 
@@ -481,7 +484,7 @@ async def test_a_group_row_goes_out_event_by_event_and_resumes_where_the_broker_
     relay = OutboxRelay(sampling.sessions, sampling.outbox, bus, service="sampling")
     try:
         assert await relay.backlog() == 9  # events, not rows
-        bus.refuse = {uuid.UUID(groups[1][4])}
+        bus.refuse = {groups[1][4]}
         assert await relay.publish_pending() == 5  # the single, then four of the group
         rows = await sampling.outbox_rows()
         assert [r["published_at"] is not None for r in rows] == [True, False, False]
@@ -491,7 +494,7 @@ async def test_a_group_row_goes_out_event_by_event_and_resumes_where_the_broker_
         bus.refuse = set()
         assert await relay.publish_pending() == 4
         await bus.drain()
-        assert [str(i) for i in bus.published] == ids
+        assert bus.published == ids
         assert received == ids
         rows = await sampling.outbox_rows()
         assert all(r["published_at"] is not None for r in rows)
@@ -514,7 +517,7 @@ async def test_a_round_takes_at_most_the_event_budget_and_the_next_resumes_a_gro
             (4, True), (1, False), (0, False), (0, False), (0, False)]
         assert await relay.backlog() == 14
         assert [await relay.publish_pending() for _ in range(4)] == [5, 5, 4, 0]
-        assert [str(i) for i in bus.published] == [i for g in groups for i in g]  # in order, each once
+        assert bus.published == [i for g in groups for i in g]  # in order, each once
         assert all(r["published_at"] is not None and r["attempts"] == 0 for r in await sampling.outbox_rows())
     finally:
         await bus.close()
@@ -532,9 +535,75 @@ async def test_the_running_relay_drains_groups_beyond_one_round(env):
     relay.start()
     try:
         await eventually(lambda: _equals(relay.backlog(), 0), timeout=5)  # well before a second poll
-        assert [str(i) for i in bus.published] == [i for g in groups for i in g]
+        assert bus.published == [i for g in groups for i in g]
     finally:
         await relay.stop()
+        await bus.close()
+
+
+async def hooked_relay(db: ServiceDB, bus: EventBus, **kw) -> OutboxRelay:
+    """A relay whose database's sessions hand it what they stage (as every service's do)."""
+    db.sessions = session_factory(db.engine)
+    relay = OutboxRelay(db.sessions, db.outbox, bus, service=db.name, **kw)
+    install_commit_hooks(db.sessions, relay)
+    return relay
+
+
+async def spoil_stored_envelopes(db: ServiceDB) -> None:
+    """Overwrite every stored envelope with what no consumer could take: whatever the relay
+    publishes correctly after this it took from memory."""
+    async with transaction(db.sessions) as session:
+        await session.execute(db.outbox.update().values(envelope='{"spoiled": true}'))
+
+
+async def test_the_relay_publishes_what_this_process_committed_from_memory_in_order(env):
+    """A committed group reaches the relay with its envelopes (no read-back of the row), a group
+    cut by the round's budget resumes from memory too, and the memory is let go once published."""
+    sampling = await env.db("sampling")
+    bus, received = await recording_bus("memory")
+    relay = await hooked_relay(sampling, bus, event_budget=4)
+    try:
+        groups = await stage_groups(sampling, [1, 10, 3])
+        assert relay._staged_events == 14
+        await spoil_stored_envelopes(sampling)
+        assert [await relay.publish_pending() for _ in range(5)] == [4, 4, 4, 2, 0]
+        await bus.drain()
+        ids = [i for g in groups for i in g]
+        assert bus.published == ids and received == ids
+        assert relay._staged_events == 0 and not relay._staged
+        assert all(r["published_at"] is not None and r["sent"] == r["size"] for r in await sampling.outbox_rows())
+    finally:
+        await bus.close()
+
+
+async def test_rolled_back_groups_never_reach_the_relay_and_old_ones_are_read_back(env):
+    """Only a commit hands a group over: a rolled-back transaction's, or a rolled-back
+    savepoint's, is dropped while the rest of the transaction's goes. Past ``staged_limit``
+    events the oldest groups leave memory and the relay reads them back from their rows."""
+    sampling = await env.db("sampling")
+    bus, received = await recording_bus("memory-limit")
+    relay = await hooked_relay(sampling, bus, staged_limit=6)
+    try:
+        with contextlib.suppress(RuntimeError):
+            async with transaction(sampling.sessions) as session:
+                await add_envelopes(session, sampling.outbox, [wave_created("RB-1").model_dump(mode="json")])
+                raise RuntimeError("rolled back")
+        kept = [wave_created(f"KEPT-{i}").model_dump(mode="json") for i in range(2)]
+        async with transaction(sampling.sessions) as session:
+            await add_envelopes(session, sampling.outbox, kept[:1])
+            with contextlib.suppress(RuntimeError):
+                async with session.begin_nested():
+                    await add_envelopes(session, sampling.outbox, [wave_created("RB-2").model_dump(mode="json")])
+                    raise RuntimeError("savepoint rolled back")
+            await add_envelopes(session, sampling.outbox, kept[1:])
+        assert list(relay._staged) == [e["id"] for e in kept]
+
+        groups = await stage_groups(sampling, [4, 3])  # 2 + 4 + 3 > 6: the oldest two groups leave
+        assert list(relay._staged) == [groups[1][0]] and relay._staged_events == 3
+        assert await relay.publish_pending() == 9
+        await bus.drain()
+        assert received == [e["id"] for e in kept] + [i for g in groups for i in g]
+    finally:
         await bus.close()
 
 
