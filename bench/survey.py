@@ -5,6 +5,7 @@
     python -m bench.survey --backend sqlite|postgresql|both   (default: both; PostgreSQL is skipped when unreachable)
     python -m bench.survey --pushers 2     # two Vietnam Post requests in flight at once (default one)
     python -m bench.survey --forms 50000   # another number of pushed forms (A/B runs between two checkouts)
+    python -m bench.survey --bus rabbitmq  # the relay publishes to RabbitMQ (a durable queue takes the events)
 
 1. **Vietnam Post answer batches**: completed forms pushed through the HTTP API
    (``POST /v1/vnpost/answer-batches``, 5,000 forms per request, in-process ASGI, one request at a
@@ -22,7 +23,9 @@
    core (event loop): requests per second and p99 latency.
 
 Only the survey service runs (its relay publishes to the in-process bus, which has no other
-consumer), so the figures are the service's own.
+consumer), so the figures are the service's own. With ``--bus rabbitmq`` the relay publishes to
+RabbitMQ (``SIPAS_BENCH_BUS_URL``, a throwaway exchange) with one durable queue bound to every
+survey event, as verification's would be: the production path, broker and all on this machine.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from pathlib import Path
 from bench.common import Result, parser, report, drop_schemas
 
 PG_URL = os.environ.get("SIPAS_BENCH_DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
+BUS_URL = os.environ.get("SIPAS_BENCH_BUS_URL", "amqp://guest:guest@127.0.0.1:5672/")
 BATCH = 5000
 
 
@@ -62,9 +66,9 @@ async def _pg_reachable() -> bool:
         return False
 
 
-async def _run(backend: str, n_forms: int, n_online: int, pushers: int = 1) -> list[Result]:
+async def _run(backend: str, n_forms: int, n_online: int, pushers: int = 1, bus: str = "memory") -> list[Result]:
     import httpx
-    from sqlalchemy import select, text
+    from sqlalchemy import func, select, text
 
     from services.embedded import embedded_stack
     from services.survey.documents import load_builtin
@@ -78,15 +82,22 @@ async def _run(backend: str, n_forms: int, n_online: int, pushers: int = 1) -> l
     uid = uuid.uuid4().hex[:8]
     tmp = Path(tempfile.mkdtemp(prefix="sipas-bench-survey-"))
     common = dict(environment="test", data_dir=tmp, outbox_poll_seconds=0.2, log_json=False, log_level="WARNING")
+    if bus == "rabbitmq":
+        common.update(bus_url=BUS_URL, exchange=f"bench-{uid}", queue_prefix=f"bench-{uid}")
+    label = backend if bus == "memory" else f"{backend}, RabbitMQ"
     if backend == "postgresql":
         platform = PlatformSettings(**common, database_url=PG_URL, schema_prefix=f"bench{uid}_")
     else:
         platform = PlatformSettings(**common)
     m = load_builtin("sipas-2017")
     results: list[Result] = []
+    queues: list[str] = []  # on RabbitMQ, deleted at the end
     try:
         async with embedded_stack(platform, services=("survey",)) as stack:
             app = stack.apps["survey"]
+            if bus == "rabbitmq":  # what verification's queue would take: every survey event, persisted
+                queues += [*app.state.queues, f"bench-{uid}.sink"]
+                await stack.bus.declare(f"bench-{uid}.sink", ["sipas.survey.#"])
             vn = new_key(Role.vnpost, "bench vnpost")
             async with app.state.sessions() as session, session.begin():
                 await store_key(session, app.state.tables["api_key"], vn)
@@ -107,10 +118,18 @@ async def _run(backend: str, n_forms: int, n_online: int, pushers: int = 1) -> l
                     wave_id=wave_id, draw_id=draw, methodology_version="sipas-2017", sample_hash="b", chunk=c, chunks=chunks,
                     strata=[StratumSummary(stratum="s", population=10**6, n=total, n_reserve=0)] if c == 0 else [],
                     units=units[c * BATCH:(c + 1) * BATCH])))
-            await stack.bus.drain()
+            codes_query = select(form.c.form_code).where(form.c.wave_id == str(wave_id)).order_by(form.c.serial)
+            if bus == "memory":
+                await stack.bus.drain()
+            else:  # the broker delivers the draw to survey's queue: wait for its forms
+                waited = time.perf_counter()
+                while time.perf_counter() - waited < 600:
+                    async with app.state.sessions() as session:
+                        if await session.scalar(select(func.count()).select_from(codes_query.subquery())) >= total:
+                            break
+                    await asyncio.sleep(0.5)
             async with app.state.sessions() as session:
-                codes = list((await session.scalars(select(form.c.form_code).where(form.c.wave_id == str(wave_id))
-                                                    .order_by(form.c.serial))).all())
+                codes = list((await session.scalars(codes_query)).all())
             assert len(codes) == total, f"{len(codes)} forms created, want {total}"
             # The setup's form.status_changed events have no consumer here and are not what is
             # measured: mark them published, so the relay starts the pushes with no backlog.
@@ -182,7 +201,7 @@ async def _run(backend: str, n_forms: int, n_online: int, pushers: int = 1) -> l
             print(f"  [{backend}] baseline done; relay backlog after the pushes {backlog_after_push:,}, "
                   f"left before the baseline {backlog_left:,}", file=sys.stderr)
             results.append(Result(
-                f"[{backend}] Vietnam Post push, {n_forms:,} forms in {len(bodies)} batches"
+                f"[{label}] Vietnam Post push, {n_forms:,} forms in {len(bodies)} batches"
                 + (f", {pushers} pushers at once" if pushers > 1 else ""), api_rate, "forms/s",
                 baseline=bare_rate, baseline_name="bare bulk insert of the response rows",
                 target="≥ 0.35 of bare insert on PostgreSQL" if backend == "postgresql" else None,
@@ -198,7 +217,7 @@ async def _run(backend: str, n_forms: int, n_online: int, pushers: int = 1) -> l
             if not backlog_left:  # sustained: until the last event of the pushes left the outbox
                 caught_up = api_seconds + results[-1].extra["relay_catch_up_seconds"]
                 results.append(Result(
-                    f"[{backend}] Vietnam Post push, pushed and published", n_forms / caught_up, "forms/s",
+                    f"[{label}] Vietnam Post push, pushed and published", n_forms / caught_up, "forms/s",
                     note=(f"{n_forms:,} forms pushed and their {2 * n_forms:,} events published by the relay: "
                           f"{api_seconds:.0f} s of pushes, then {caught_up - api_seconds:.1f} s until the outbox "
                           f"was empty ({backlog_after_push:,} events were waiting when the pushes ended)")))
@@ -217,15 +236,34 @@ async def _run(backend: str, n_forms: int, n_online: int, pushers: int = 1) -> l
             online_seconds = time.perf_counter() - start
             latencies.sort()
             p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
-            results.append(Result(f"[{backend}] online submissions, {n_online:,} sequential", n_online / online_seconds,
+            results.append(Result(f"[{label}] online submissions, {n_online:,} sequential", n_online / online_seconds,
                                   "requests/s", note=f"p50 {latencies[len(latencies) // 2] * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms",
                                   extra={"p99_ms": p99 * 1000}))
-            results.append(Result(f"[{backend}] online submission p99 latency", p99 * 1000, "ms", higher_is_better=False))
+            results.append(Result(f"[{label}] online submission p99 latency", p99 * 1000, "ms", higher_is_better=False))
             await client.aclose()
     finally:
         if backend == "postgresql":
             await drop_schemas(PG_URL, platform.schema_prefix, ["survey"])
+        if bus == "rabbitmq":
+            await _drop_broker_objects(uid, queues)
     return results
+
+
+async def _drop_broker_objects(uid: str, queues: list[str]) -> None:
+    """Delete the run's queues (survey's consumers' and the sink, with their dead-letter
+    queues) and exchanges from the broker."""
+    import aio_pika
+
+    connection = await aio_pika.connect(BUS_URL)
+    try:
+        channel = await connection.channel()
+        for queue in queues:
+            for name in (queue, f"{queue}.dlq"):
+                await channel.queue_delete(name)
+        for exchange in (f"bench-{uid}", f"bench-{uid}.dlx"):
+            await channel.exchange_delete(exchange)
+    finally:
+        await connection.close()
 
 
 async def _quiesce(engine) -> None:
@@ -271,6 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pushers", type=int, default=1,
                    help="Vietnam Post requests in flight at once (default 1: one batch after another)")
     p.add_argument("--forms", type=int, default=None, help="forms pushed (default 200,000; --quick 20,000)")
+    p.add_argument("--bus", choices=["memory", "rabbitmq"], default="memory",
+                   help="where the relay publishes (default: the in-process bus)")
     args = p.parse_args(argv)
     # 1,000 online answers give a p99 from ten slowest requests, enough for the figure, and keep
     # the full run (both backends) within about 15 minutes on a busy machine.
@@ -287,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
             if backend == "postgresql" and not await _pg_reachable():
                 print(f"PostgreSQL at {PG_URL.split('@')[-1]} is not reachable: skipped", file=sys.stderr)
                 continue
-            out += await _run(backend, n_forms, n_online, args.pushers)
+            out += await _run(backend, n_forms, n_online, args.pushers, args.bus)
         return out
 
     results = asyncio.run(run_all())

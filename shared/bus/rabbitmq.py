@@ -10,9 +10,10 @@
   into a local queue that one worker per consumer drains in batches (what has arrived, up to the
   prefetch), so a backlog costs one transaction per batch, not per event, and a queue's events
   are handled in the order they came.
-- ``publish_many`` sends an outbox batch back to back and waits for the confirms together
-  (aiormq writes publishes in call order under the channel lock); one publish-and-confirm round
-  trip per event capped a relay at a few hundred events a second.
+- ``publish_many`` writes an outbox batch a window of 1,000 publishes at a time, as one socket
+  write, and waits for their confirms together (``_write_window``); one publish-and-confirm
+  round trip per event capped a relay at a few hundred events a second, and a task per publish
+  at about 5,000.
 - ``connect_robust`` reconnects after a broker restart and re-declares the exchange, queues,
   bindings and consumers; a publish during the outage raises and the outbox retries it later.
 """
@@ -28,6 +29,9 @@ from typing import Any
 
 import aio_pika
 import orjson
+from aiormq.abc import ChannelFrame
+from pamqp import commands as spec
+from pamqp.header import ContentHeader
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
 from shared.bus.base import EventBus, Subscription, wire
@@ -48,6 +52,60 @@ def _timestamp(value: Any) -> dt.datetime | None:
         return None
 
 
+# Messages written to the socket at once by ``publish_many``, then confirmed together.
+PUBLISH_WINDOW = 1000
+PUBLISH_TIMEOUT = 10.0
+# What ``_write_window`` uses of an aiormq channel (aiormq 7.x).
+_CHANNEL_PARTS = ("lock", "delivery_tag", "confirmations", "write_queue", "create_future", "number",
+                  "publisher_confirms", "_split_body", "is_closed")
+
+
+def _can_write_windows(channel: Any) -> bool:
+    return (all(hasattr(channel, part) for part in _CHANNEL_PARTS) and channel.publisher_confirms
+            and hasattr(ChannelFrame, "marshall"))
+
+
+async def _write_window(channel: Any, exchange: str, envelopes: list[dict[str, Any]]) -> list[asyncio.Future]:
+    """Write the messages' frames to the socket as one write and return their confirms, in order.
+
+    aiormq's ``basic_publish`` (and aio-pika's ``Exchange.publish`` over it) costs a task, a lock
+    round, a queued write and a socket send per message: some 170 µs of CPU, so a relay
+    publishing a Vietnam Post batch's 10,000 events to RabbitMQ managed about 5,000 a second
+    while the pushes made 12,000. Here the window's frames are marshalled in one go and queued
+    as one write, under the channel's lock and with its delivery tags and confirmation futures,
+    as ``basic_publish`` does for one message (about 50 µs a message). There is no batch publish
+    in AMQP itself: each message is still its own publish with its own confirm."""
+    if channel.is_closed:
+        raise ConnectionError("the publishing channel is closed")
+    confirms: list[asyncio.Future] = []
+    frames: list = []
+    async with asyncio.timeout(PUBLISH_TIMEOUT), channel.lock:
+        first_tag = channel.delivery_tag
+        for e in envelopes:
+            body = orjson.dumps(e)
+            frames.append(spec.Basic.Publish(exchange=exchange, routing_key=e["type"]))
+            frames.append(ContentHeader(body_size=len(body), properties=spec.Basic.Properties(
+                content_type="application/json", delivery_mode=2, message_id=str(e["id"]), message_type=e["type"],
+                timestamp=_timestamp(e.get("time")), correlation_id=e.get("correlation_id"), app_id=e.get("source"))))
+            frames += channel._split_body(body)
+        written = channel.create_future()
+        try:
+            for tag in range(first_tag + 1, first_tag + len(envelopes) + 1):
+                confirm = channel.create_future()
+                channel.confirmations[tag] = confirm
+                confirms.append(confirm)
+            channel.delivery_tag = first_tag + len(envelopes)
+            await channel.write_queue.put(ChannelFrame.marshall(channel_number=channel.number, frames=frames,
+                                                                drain_future=written))
+        except BaseException:  # nothing reached the broker: give the tags back
+            for tag in range(first_tag + 1, first_tag + len(envelopes) + 1):
+                channel.confirmations.pop(tag, None)
+            channel.delivery_tag = first_tag
+            raise
+        await written
+    return confirms
+
+
 class RabbitMQBus(EventBus):
     def __init__(
         self,
@@ -65,6 +123,8 @@ class RabbitMQBus(EventBus):
         self.max_attempts = max_attempts
         self.retry_base_seconds = retry_base_seconds
         self.connection_name = connection_name
+        # Publishes written a window at a time (``_write_window``); off if that ever fails.
+        self.write_windows = True
         self._connection: AbstractRobustConnection | None = None
         self._publish_channel: aio_pika.abc.AbstractChannel | None = None
         self._exchange: aio_pika.abc.AbstractExchange | None = None
@@ -104,19 +164,54 @@ class RabbitMQBus(EventBus):
             self._connection = None
 
     async def publish_many(self, events: Sequence[Envelope | dict[str, Any]]) -> tuple[int, Exception | None]:
-        if self._exchange is None:
+        """Publish in order, ``PUBLISH_WINDOW`` messages written at once, and wait for their
+        confirms together (``_write_window``); the first message not confirmed ends it."""
+        if self._exchange is None or self._publish_channel is None:
             raise RuntimeError("bus is not started")
+        envelopes = [wire(e) for e in events]
+        if self._connection is None or not self._connection.connected.is_set():
+            # The robust connection is reconnecting; waiting for it here would hold the relay's
+            # round (and its claimed rows) until the broker is back. Fail now; the rows wait.
+            return 0, ConnectionError("the connection to the broker is closed (reconnecting)")
+        try:
+            channel = await asyncio.wait_for(self._publish_channel.get_underlay_channel(), PUBLISH_TIMEOUT)
+        except Exception as exc:  # closed, being restored: the outbox keeps the rows
+            return 0, exc
+        if not (self.write_windows and _can_write_windows(channel)):
+            return await self._publish_one_by_one(envelopes)
+        for start in range(0, len(envelopes), PUBLISH_WINDOW):
+            try:
+                confirms = await _write_window(channel, self.exchange_name, envelopes[start:start + PUBLISH_WINDOW])
+            except (TypeError, AttributeError) as exc:  # an aiormq unlike the one this was written for
+                log.warning("writing publishes as a window failed (%s); publishing one by one from now on", exc)
+                self.write_windows = False
+                published, error = await self._publish_one_by_one(envelopes[start:])
+                return start + published, error
+            except Exception as exc:
+                return start, exc
+            done, _ = await asyncio.wait(confirms, timeout=PUBLISH_TIMEOUT)
+            for i, confirm in enumerate(confirms):
+                if confirm not in done:
+                    return start + i, TimeoutError(f"the broker did not confirm within {PUBLISH_TIMEOUT} s")
+                if confirm.cancelled() or confirm.exception() is not None:
+                    error = confirm.exception() if not confirm.cancelled() else None
+                    return start + i, error or ConnectionError("the channel closed before the broker confirmed")
+        return len(envelopes), None
+
+    async def _publish_one_by_one(self, envelopes: list[dict[str, Any]]) -> tuple[int, Exception | None]:
+        """aio-pika's own publish, a task per message (about three times the CPU of a window):
+        for an aiormq whose channel does not look as ``_write_window`` expects."""
         exchange = self._exchange
         # Tasks start in order and take the channel lock in order: the broker gets them in order.
-        sends = [asyncio.ensure_future(exchange.publish(self._message(e), routing_key=e["type"], timeout=10))
-                 for e in map(wire, events)]
+        sends = [asyncio.ensure_future(exchange.publish(self._message(e), routing_key=e["type"], timeout=PUBLISH_TIMEOUT))
+                 for e in envelopes]
         results = await asyncio.gather(*sends, return_exceptions=True)
         for i, result in enumerate(results):
             if isinstance(result, BaseException):
                 if isinstance(result, asyncio.CancelledError):
                     raise result
                 return i, result if isinstance(result, Exception) else RuntimeError(str(result))
-        return len(events), None
+        return len(envelopes), None
 
     @staticmethod
     def _message(event: dict[str, Any]) -> aio_pika.Message:

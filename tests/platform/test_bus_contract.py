@@ -302,6 +302,58 @@ async def _equals(awaitable, expected) -> bool:
     return (await awaitable) == expected
 
 
+# -- RabbitMQ publishing in windows ------------------------------------------------------------------
+
+
+@pytest.fixture
+async def rabbit():
+    h = BusHarness("rabbitmq")
+    await h.bus.start()
+    try:
+        yield h
+    finally:
+        await h.close()
+
+
+@pytest.mark.services
+async def test_rabbitmq_publishes_an_outbox_round_in_windows_in_order(rabbit):
+    """2,500 events go out as three windows (1,000 publishes written at once) and arrive in
+    order. The installed aiormq must take the window path: a silent fallback to one task per
+    publish (three times the CPU) would show here, not only in a benchmark."""
+    from shared.bus.rabbitmq import PUBLISH_WINDOW, _can_write_windows
+
+    got: list[uuid.UUID] = []
+
+    async def handler(e: Envelope) -> None:
+        got.append(e.id)
+
+    await rabbit.subscribe("windows", ["sipas.test.#"], handler)
+    sent = [event(n=i) for i in range(2 * PUBLISH_WINDOW + 500)]
+    assert await rabbit.bus.publish_many([wire(e) for e in sent]) == (len(sent), None)
+    assert rabbit.bus.write_windows
+    assert _can_write_windows(await rabbit.bus._publish_channel.get_underlay_channel())
+    await eventually(lambda: len(got) == len(sent), timeout=30)
+    assert got == [e.id for e in sent]
+
+
+@pytest.mark.services
+async def test_rabbitmq_reports_the_publishes_before_the_first_the_broker_refused(rabbit):
+    """A queue that holds five messages and refuses more (``reject-publish``): the broker nacks
+    the sixth publish, so five are reported published and the error stops the rest (the outbox
+    keeps them for the next round)."""
+    q = rabbit.queue("full")
+    channel = await rabbit.bus._connection.channel()
+    queue = await channel.declare_queue(q, durable=True, arguments={"x-max-length": 5, "x-overflow": "reject-publish"})
+    await queue.bind(rabbit.exchange, routing_key="sipas.test.full.#")
+    sent = [event("sipas.test.full.thing.v1", n=i) for i in range(8)]
+    published, error = await rabbit.bus.publish_many(sent)
+    assert published == 5 and error is not None
+    assert await rabbit.bus.queue_depth(q) == 5
+    # The channel still publishes afterwards (a refused publish does not close it).
+    other = [event("sipas.test.other.thing.v1")]
+    assert await rabbit.bus.publish_many(other) == (1, None)
+
+
 # -- topic matching ---------------------------------------------------------------------------------
 
 KEYS = [
