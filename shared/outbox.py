@@ -433,6 +433,7 @@ def install_commit_hooks(sessions: async_sessionmaker[AsyncSession], relay: Outb
 
 @sa_event.listens_for(Session, "after_commit")
 def _run_after_commit(session: Session) -> None:
+    session.info.pop("savepoint_marks", None)
     for fn in session.info.pop("after_commit", []):
         fn()
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 from fastapi import FastAPI
-from sqlalchemy import select, text, update
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.survey import corrections as C
